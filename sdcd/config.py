@@ -1,0 +1,237 @@
+"""The sdcd configuration: a TOML file, validated completely before anything starts.
+
+Every user error is a ``ConfigError`` carrying one line that names the problem, so that
+``twistd sdcd`` can print it and exit non-zero instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+class ConfigError(Exception):
+    """A problem with the configuration, worded for the operator in one line."""
+
+
+@attrs.frozen
+class Listen:
+    """Where one TLS endpoint listens."""
+
+    host: str
+    port: int
+
+
+@attrs.frozen
+class TLSFiles:
+    """Paths of the server's certificate, key and CA; empty means generated on first start."""
+
+    cert: Path | None
+    key: Path | None
+    ca: Path | None
+    ca_key: Path | None
+
+
+@attrs.frozen
+class RedisConfig:
+    """Either an embedded redis-server (url is None) or a Redis reached by URL."""
+
+    url: str | None
+    server: str
+    prefix: str
+
+
+@attrs.frozen
+class Config:
+    """The validated configuration of one sdcd process."""
+
+    path: Path
+    datacenter: str
+    public_host: str
+    data_dir: Path
+    docker: Listen
+    cloudapi: Listen | None
+    tls: TLSFiles
+    redis: RedisConfig
+    clock_skew: int
+    log_format: str
+    log_file: Path | None
+
+    @property
+    def docker_url(self) -> str:
+        """The endpoint clients are told to use (CloudAPI services, the setup helper)."""
+        host = self.public_host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"tcp://{host}:{self.docker.port}"
+
+
+# section -> key -> (validator, default); a default of REQUIRED means the key must be given.
+REQUIRED = object()
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a non-empty string")
+    return value
+
+
+def _optional_string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string")
+    return value
+
+
+def _port(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(f"{where} must be a port number from 0 to 65535, not {value!r}")
+    return value
+
+
+def _host(value: Any, where: str) -> str:
+    value = _string(value, where)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not all(part and len(part) < 64 for part in value.split(".")) or " " in value:
+            raise ConfigError(f"{where} must be an IP address or host name, not {value!r}") from None
+    return value
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{where} must be a positive whole number, not {value!r}")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, not {value!r}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any, str], str]:
+    def check(value: Any, where: str) -> str:
+        if value not in choices:
+            raise ConfigError(f"{where} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return check
+
+
+def _redis_url(value: Any, where: str) -> str:
+    value = _optional_string(value, where)
+    if value and not value.startswith(("redis://", "unix://")):
+        raise ConfigError(f"{where} must start with redis:// or unix://, not {value!r}")
+    return value
+
+
+SCHEMA: dict[str, dict[str, tuple[Callable[[Any, str], Any], Any]]] = {
+    "": {
+        "datacenter": (_string, "dc1"),
+        "public_host": (_host, "localhost"),
+        "data_dir": (_string, "/var/lib/sdcd"),
+    },
+    "docker": {
+        "host": (_host, "0.0.0.0"),
+        "port": (_port, 2376),
+    },
+    "cloudapi": {
+        "enabled": (_bool, True),
+        "host": (_host, "0.0.0.0"),
+        "port": (_port, 8443),
+        "clock_skew": (_positive_int, 300),
+    },
+    "tls": {
+        "cert": (_optional_string, ""),
+        "key": (_optional_string, ""),
+        "ca": (_optional_string, ""),
+        "ca_key": (_optional_string, ""),
+    },
+    "redis": {
+        "url": (_redis_url, ""),
+        "server": (_string, "redis-server"),
+        "prefix": (_optional_string, "sdcd:"),
+    },
+    "log": {
+        "format": (_choice("text", "json"), "text"),
+        "file": (_optional_string, ""),
+    },
+}
+
+
+def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Validate one section (``""`` is the top level) and fill in defaults."""
+    schema = SCHEMA[name]
+    table = raw if name == "" else raw.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    values = {}
+    for key, value in table.items():
+        if name == "" and key in SCHEMA:
+            continue
+        if key not in schema:
+            where = f"[{name}] " if name else ""
+            raise ConfigError(f"unknown setting {where}{key!r}")
+        values[key] = schema[key][0](value, f"{name + '.' if name else ''}{key}")
+    for key, (_, default) in schema.items():
+        values.setdefault(key, default)
+    return values
+
+
+def _path(base: Path, value: str) -> Path | None:
+    """Resolve a configured path relative to the config file's directory."""
+    if not value:
+        return None
+    return (base / os.path.expanduser(value)).resolve()
+
+
+def parse(text: str, path: Path) -> Config:
+    """Validate a TOML document; relative paths are taken from the file's directory."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    sections = {name: _section(raw, name) for name in SCHEMA}
+    top, docker, cloud = sections[""], sections["docker"], sections["cloudapi"]
+    tls, redis, log = sections["tls"], sections["redis"], sections["log"]
+    base = path.parent
+    if bool(tls["cert"]) != bool(tls["key"]):
+        raise ConfigError("tls.cert and tls.key must be given together")
+    if log["format"] == "json" and not log["file"]:
+        raise ConfigError("log.file is required when log.format is json")
+    if cloud["enabled"] and cloud["port"] == docker["port"] and cloud["port"] != 0:
+        raise ConfigError("cloudapi.port must differ from docker.port")
+    return Config(
+        path=path,
+        datacenter=top["datacenter"],
+        public_host=top["public_host"],
+        data_dir=_path(base, top["data_dir"]),
+        docker=Listen(docker["host"], docker["port"]),
+        cloudapi=Listen(cloud["host"], cloud["port"]) if cloud["enabled"] else None,
+        tls=TLSFiles(*(_path(base, tls[k]) for k in ("cert", "key", "ca", "ca_key"))),
+        redis=RedisConfig(url=redis["url"] or None, server=redis["server"], prefix=redis["prefix"]),
+        clock_skew=cloud["clock_skew"],
+        log_format=log["format"],
+        log_file=_path(base, log["file"]),
+    )
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the configuration file at ``path``."""
+    path = Path(path).absolute()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"configuration file {path} is not UTF-8 text") from None
+    return parse(text, path)

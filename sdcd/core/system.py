@@ -1,0 +1,55 @@
+"""What ``docker info`` and ``docker version`` say: the datacenter seen by one account."""
+
+from __future__ import annotations
+
+import attrs
+
+from sdcd import __version__
+from sdcd.store.records import Account
+
+
+@attrs.frozen
+class AccountView:
+    """The datacenter as one account sees it: its own objects, the shared capacity."""
+
+    login: str
+    datacenter: str
+    containers: int
+    containers_running: int
+    containers_paused: int
+    containers_stopped: int
+    images: int
+    nodes: int
+    ncpu: int
+    mem_total: int
+    kernel_version: str
+    architecture: str
+
+
+class SystemService:
+    """Builds the per-account view of the datacenter."""
+
+    version = __version__
+
+    def __init__(self, store, datacenter: str, host_facts) -> None:
+        self._store = store
+        self._datacenter = datacenter
+        self._host = host_facts
+
+    async def view(self, account: Account) -> AccountView:
+        # Containers and images arrive with their own issues; until then an account
+        # owns none, and the datacenter is the one in-process compute node.
+        return AccountView(
+            login=account.login,
+            datacenter=self._datacenter,
+            containers=0,
+            containers_running=0,
+            containers_paused=0,
+            containers_stopped=0,
+            images=0,
+            nodes=1,
+            ncpu=self._host.ncpu,
+            mem_total=self._host.mem_total,
+            kernel_version=self._host.kernel_version,
+            architecture=self._host.architecture,
+        )

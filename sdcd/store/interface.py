@@ -1,0 +1,51 @@
+"""``IStateStore``: the system of record (accounts and keys now; containers, images,
+volumes, IPs and nodes as later issues add them). Redis implements it."""
+
+from __future__ import annotations
+
+from zope.interface import Interface
+
+
+class StoreError(Exception):
+    """Base of the store's domain errors; the message is user-facing."""
+
+
+class AlreadyExists(StoreError):
+    """The object to create exists already; nothing was changed."""
+
+
+class NotFound(StoreError):
+    """The object named does not exist; nothing was changed."""
+
+
+class IStateStore(Interface):
+    """Every method returns a Deferred (or is a coroutine)."""
+
+    def ping():
+        """Fire with True when the store answers."""
+
+    def create_account(account):
+        """Record a new ``Account``; ``AlreadyExists`` if the login is taken."""
+
+    def get_account(login):
+        """Fire with the ``Account`` or None."""
+
+    def list_accounts():
+        """Fire with all accounts, sorted by login."""
+
+    def update_account(login, disabled=None, approved=None):
+        """Change an account's flags (None leaves one alone); fire with the new
+        ``Account``; ``NotFound`` if there is no such account."""
+
+    def add_key(login, key):
+        """Register a ``KeyRecord`` with an account. ``NotFound`` for an unknown account,
+        ``AlreadyExists`` when that fingerprint is registered with it already."""
+
+    def list_keys(login):
+        """Fire with the account's ``KeyRecord``s sorted by name (empty if unknown)."""
+
+    def remove_key(login, fingerprint):
+        """Remove one key; ``NotFound`` when the account does not have it."""
+
+    def close():
+        """Release connections; fire when done."""

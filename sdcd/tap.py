@@ -1,0 +1,190 @@
+"""``twistd sdcd``: options and the service tree.
+
+Everything an operator can get wrong is checked in ``makeService``, before twistd
+daemonises or starts logging: the configuration, the TLS material, the private Redis,
+and the listening ports (bound here, so a busy port fails start-up at once). The ports
+accept nothing until Redis answers: they are bound with reading paused and resumed once
+the store is connected.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from twisted.application import service
+from twisted.internet import defer, error
+from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
+from twisted.python import usage
+from twisted.web.resource import Resource
+
+from sdcd import config as sdcd_config
+from sdcd.api.app import DockerAPI
+from sdcd.api.root import DockerRoot, LoggingSite
+from sdcd.auth import tls as sdcd_tls
+from sdcd.auth.accounts import Authenticator
+from sdcd.cloudapi.app import CloudAPI
+from sdcd.compute.host import host_facts
+from sdcd.core.accounts import AccountService
+from sdcd.core.system import SystemService
+from sdcd.store import redis as redis_store
+from sdcd.store.embedded import EmbeddedRedis, EmbeddedRedisError
+
+DEFAULT_CONFIG = "/etc/sdcd/sdcd.toml"
+
+
+class Options(usage.Options):
+    """Command-line options; everything else is in the TOML file."""
+
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG, "Path of the TOML configuration file."],
+    ]
+    longdesc = (
+        "Serve the Docker Remote API (TLS, client certificates made from SSH keys) and the "
+        "CloudAPI subset for a datacenter of compute nodes. See etc/sdcd.toml."
+    )
+
+
+class _Waiting(Resource):
+    """Stands in for the API until the store is connected (never reached: reading is
+    paused until then)."""
+
+    isLeaf = True
+
+    def render(self, request) -> bytes:
+        request.setResponseCode(503)
+        return b'{"message": "starting"}\n'
+
+
+class SdcdService(service.MultiService):
+    """Starts Redis (embedded or remote), then wires the store into the sites and lets
+    the ports accept connections; stops in the reverse order."""
+
+    log = Logger()
+
+    def __init__(self, reactor, config: sdcd_config.Config, server_tls: sdcd_tls.ServerTLS):
+        super().__init__()
+        self._reactor = reactor
+        self.config = config
+        self._tls = server_tls
+        self.embedded = None if config.redis.url else EmbeddedRedis(
+            reactor, config.data_dir, config.redis.server
+        )
+        self.sites: dict[str, LoggingSite] = {}
+        self.ports: dict[str, object] = {}
+        self.store = None
+        self.ready: defer.Deferred = defer.Deferred()
+
+    def check(self) -> None:
+        """Refuse a data directory another Redis serves (before anything is bound)."""
+        if self.embedded is not None:
+            self.embedded.check()
+
+    def bind(self) -> None:
+        """Bind every endpoint now (a busy port is a start-up error), reading paused."""
+        context = sdcd_tls.ServerContextFactory(self._tls)
+        endpoints = {"docker": self.config.docker}
+        if self.config.cloudapi is not None:
+            endpoints["cloudapi"] = self.config.cloudapi
+        for name, listen in endpoints.items():
+            site = LoggingSite(_Waiting())
+            try:
+                port = self._reactor.listenSSL(listen.port, site, context, interface=listen.host)
+            except error.CannotListenError as e:
+                self.unbind()
+                reason = e.socketError.strerror if e.socketError else str(e)
+                raise sdcd_config.ConfigError(
+                    f"cannot listen for {name} on {listen.host}:{listen.port}: {reason}"
+                ) from None
+            port.stopReading()
+            self.sites[name], self.ports[name] = site, port
+
+    def unbind(self) -> None:
+        for port in self.ports.values():
+            port.stopListening()
+        self.ports.clear()
+
+    def startService(self) -> None:
+        super().startService()
+        d = defer.ensureDeferred(self._start())
+        d.addErrback(self._failed)
+
+    async def _start(self) -> None:
+        url = self.config.redis.url
+        if self.embedded is not None:
+            await self.embedded.start()
+            url = self.embedded.url
+        pool = await redis_store.connect(url)
+        self.store = redis_store.RedisStateStore(pool, self.config.redis.prefix)
+        self._wire(self.store)
+        for name, port in self.ports.items():
+            port.startReading()
+            address = port.getHost()
+            self.log.info("{name} listening on {host}:{port}", name=name,
+                          host=address.host, port=address.port)  # fmt: skip
+        self.ready.callback(None)
+
+    def _wire(self, store) -> None:
+        authenticator = Authenticator(store, time.time, self.config.clock_skew)
+        system = SystemService(store, self.config.datacenter, host_facts())
+        api = DockerAPI(system)
+        self.sites["docker"].resource = DockerRoot(api.resource(), authenticator, self._tls.ca_pem)
+        if "cloudapi" in self.sites:
+            accounts = AccountService(store, time.time)
+            cloud = CloudAPI(authenticator, accounts, self.config.docker_url)
+            self.sites["cloudapi"].resource = cloud.resource()
+
+    def _failed(self, failure) -> None:
+        self.log.failure("sdcd failed to start", failure)
+        sys.stderr.write(f"sdcd: failed to start: {failure.getErrorMessage()}\n")
+        self._reactor.stop()
+
+    async def _stop(self) -> None:
+        for port in self.ports.values():
+            await port.stopListening()
+        if self.store is not None:
+            await self.store.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+
+    def stopService(self):
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+
+def _setup_logging(config: sdcd_config.Config) -> None:
+    if config.log_format == "json" and config.log_file is not None:
+        try:
+            stream = open(config.log_file, "a")  # noqa: SIM115 (lives as long as the process)
+        except OSError as e:
+            raise sdcd_config.ConfigError(f"cannot open log.file {config.log_file}: {e.strerror}")
+        globalLogPublisher.addObserver(jsonFileLogObserver(stream))
+
+
+def build(options: Options, reactor) -> SdcdService:
+    """Validate everything and bind the ports; ``ConfigError`` on any user error."""
+    config = sdcd_config.load(options["config"])
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise sdcd_config.ConfigError(f"cannot create data_dir {config.data_dir}: {e.strerror}")
+    server_tls = sdcd_tls.load_server_tls(config)
+    sdcd = SdcdService(reactor, config, server_tls)
+    try:
+        sdcd.check()
+    except EmbeddedRedisError as e:
+        raise sdcd_config.ConfigError(str(e)) from None
+    sdcd.bind()
+    _setup_logging(config)
+    return sdcd
+
+
+def makeService(options: Options, reactor=None) -> service.IService:
+    """twistd's entry point: one clear line and exit status 1 for any user error."""
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        return build(options, reactor)
+    except sdcd_config.ConfigError as e:
+        sys.stderr.write(f"sdcd: {e}\n")
+        raise SystemExit(1) from None

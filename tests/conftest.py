@@ -1,0 +1,158 @@
+"""Shared fixtures: a real redis-server, a real `twistd sdcd` on loopback TLS, accounts
+made with the real `sdcd-admin`, and clients that speak TLS with certificates made from
+SSH keys."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {predicate}")
+        time.sleep(interval)
+
+
+def env_for_tools() -> dict[str, str]:
+    """The environment for subprocesses: this venv first, the checkout importable."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a unix socket for the whole test session."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    where = tmp_path_factory.mktemp("redis")
+    sock = where / "redis.sock"
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--dir", str(where),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(sock.exists, 10)
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A unique key prefix: tests share one Redis without seeing each other's data."""
+    return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+class Daemon:
+    """One `twistd -n sdcd` subprocess with its own data directory and ports."""
+
+    def __init__(self, root: Path, **settings) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.docker_port = free_port()
+        self.cloudapi_port = free_port()
+        self.public_host = settings.pop("public_host", "localhost")
+        self.config_path = root / "sdcd.toml"
+        self.log_path = root / "sdcd.log"
+        self.extra = settings.pop("extra", "")
+        self.proc: subprocess.Popen | None = None
+        self.write_config()
+
+    def write_config(self) -> None:
+        self.config_path.write_text(
+            f'datacenter = "testdc"\n'
+            f'public_host = "{self.public_host}"\n'
+            f'data_dir = "{self.data_dir}"\n'
+            f'[docker]\nhost = "127.0.0.1"\nport = {self.docker_port}\n'
+            f'[cloudapi]\nhost = "127.0.0.1"\nport = {self.cloudapi_port}\n' + self.extra
+        )
+
+    @property
+    def ca_path(self) -> Path:
+        return self.data_dir / "tls" / "ca.pem"
+
+    @property
+    def docker_host(self) -> str:
+        return f"tcp://{self.public_host}:{self.docker_port}"
+
+    @property
+    def cloudapi_url(self) -> str:
+        return f"https://127.0.0.1:{self.cloudapi_port}"
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / "twistd"), "--pidfile=", "-n", "sdcd", "-c", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env_for_tools(), cwd=self.root,
+        )  # fmt: skip
+        log.close()
+
+        def listening() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sdcd exited {self.proc.returncode}: {self.log()}")
+            return "docker listening on" in self.log()
+
+        wait_for(listening, 30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def admin(self, *args: str, check: bool = True, input: str | None = None):
+        """Run the real `sdcd-admin` against this daemon's configuration."""
+        result = subprocess.run(
+            [str(BIN / "sdcd-admin"), "-c", str(self.config_path), *args],
+            capture_output=True, text=True, env=env_for_tools(), input=input, timeout=60,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"sdcd-admin {args} failed: {result.stderr}")
+        return result
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """A running sdcd on the embedded default, stopped (and its Redis with it) after."""
+    d = Daemon(tmp_path / "sdcd")
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()

@@ -1,0 +1,10 @@
+"""twistd entry points for sdcd; nothing but ServiceMakers lives here."""
+
+from twisted.application.service import ServiceMaker
+
+sdcd = ServiceMaker(
+    "sdcd",
+    "sdcd.tap",
+    "Docker Remote API for a datacenter of compute nodes (SDC Docker)",
+    "sdcd",
+)

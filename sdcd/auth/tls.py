@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
 
 from sdcd.config import Config, ConfigError
 
@@ -221,6 +223,7 @@ def _split_pem(data: bytes) -> list[bytes]:
     return [part + marker for part in data.split(marker) if b"-----BEGIN CERTIFICATE" in part]
 
 
+@implementer(IOpenSSLContextFactory)
 class ServerContextFactory:
     """The old-style context factory ``listenSSL``/``SSL4ServerEndpoint`` accept."""
 

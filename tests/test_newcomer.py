@@ -1,0 +1,120 @@
+"""The newcomer's flow end to end: accounts with fresh SSH keys (OpenSSH format) made with
+`sdcd-admin`, the setup helper run against the running daemon, then the real `docker`
+CLI through the helper's env.sh."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Daemon, env_for_tools
+
+HELPER = REPO / "tools" / "sdc-docker-setup.sh"
+
+
+def user_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in env_for_tools().items() if not k.startswith(("DOCKER_", "SDC_"))}
+    env["HOME"] = str(home)
+    return env
+
+
+def ssh_key(home: Path, kind: str) -> Path:
+    path = home / ".ssh" / f"id_{kind}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bits = ["-b", "3072"] if kind == "rsa" else []
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, *bits, "-N", "", "-C", f"{kind}@newcomer",
+                    "-f", str(path)], check=True)  # fmt: skip
+    assert path.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    return path
+
+
+def setup_helper(d: Daemon, home: Path, login: str, key: Path, *flags: str):
+    return subprocess.run(
+        ["bash", str(HELPER), *flags, "-k", d.cloudapi_url, login, str(key)],
+        capture_output=True, text=True, env=user_env(home), timeout=120,
+    )  # fmt: skip
+
+
+def docker(home: Path, profile: Path, *commands: str) -> subprocess.CompletedProcess:
+    """Run commands in a shell that sourced env.sh (aliases on, as in a user's shell)."""
+    script = f"shopt -s expand_aliases\nsource {profile / 'env.sh'}\n" + "\n".join(commands)
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                          env=user_env(home), timeout=120)  # fmt: skip
+
+
+@pytest.fixture
+def sdcd(tmp_path):
+    if shutil.which("docker") is None:
+        pytest.fail("the docker CLI is not installed")
+    d = Daemon(tmp_path / "sdcd")
+    d.start()
+    yield d
+    d.stop()
+
+
+@pytest.mark.parametrize(("kind", "login"), [("ed25519", "edna"), ("rsa", "rosa")])
+def test_newcomer(sdcd, tmp_path, kind, login):
+    home = tmp_path / "home"
+    key = ssh_key(home, kind)
+    sdcd.admin("account", "create", login, "--approved")
+    sdcd.admin("key", "add", login, "-f", f"{key}.pub")
+
+    result = setup_helper(sdcd, home, login, key)
+    assert result.returncode == 0, result.stderr
+    profile = home / ".sdc" / "docker" / login
+    assert f"source {profile}/env.sh" in result.stdout
+    assert stat.S_IMODE(os.stat(profile).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(profile / "key.pem").st_mode) == 0o600
+    assert (profile / "ca.pem").read_bytes() == sdcd.ca_path.read_bytes()
+    env_sh = (profile / "env.sh").read_text()
+    assert "DOCKER_TLS_VERIFY=1" in env_sh
+    assert f"DOCKER_HOST=tcp://localhost:{sdcd.docker_port}" in env_sh
+
+    info = docker(home, profile, "docker info")
+    assert info.returncode == 0, info.stderr
+    assert "Storage Driver: sdc" in info.stdout
+    assert f"SDCAccount: {login}" in info.stdout
+    assert "Operating System: SmartDataCenter" in info.stdout
+
+    version = docker(home, profile, "docker version")
+    assert version.returncode == 0, version.stderr
+    server = version.stdout.split("Server:")[1]
+    assert "1.41" in server and "minimum version 1.20" in server
+    client = version.stdout.split("Server:")[0]
+    assert "API version:" in client and "1.41" in client
+
+
+def test_ip_endpoint_uses_docker_tls(tmp_path):
+    """For an IP endpoint the helper, like SDC's, sets no TLS_VERIFY and aliases
+    `docker --tls`; the CLI still works through it."""
+    d = Daemon(tmp_path / "sdcd", public_host="127.0.0.1")
+    d.start()
+    try:
+        home = tmp_path / "home"
+        key = ssh_key(home, "ecdsa")
+        d.admin("account", "create", "ipuser")
+        d.admin("key", "add", "ipuser", "-f", f"{key}.pub")
+        result = setup_helper(d, home, "ipuser", key, "-p", "ipprofile")
+        assert result.returncode == 0, result.stderr
+        profile = home / ".sdc" / "docker" / "ipprofile"
+        env_sh = (profile / "env.sh").read_text()
+        assert "DOCKER_TLS_VERIFY=1" not in env_sh and "--tls" in env_sh
+        info = docker(home, profile, "docker info")
+        assert "SDCAccount: ipuser" in info.stdout, info.stderr
+    finally:
+        d.stop()
+
+
+def test_helper_rejects_unregistered_key(sdcd, tmp_path):
+    home = tmp_path / "home"
+    key = ssh_key(home, "ed25519")
+    sdcd.admin("account", "create", "stranger")
+    result = setup_helper(sdcd, home, "stranger", key)
+    assert result.returncode != 0
+    assert "invalid credentials" in (result.stdout + result.stderr).lower()
+    assert not (home / ".sdc" / "docker" / "stranger" / "env.sh").exists()

@@ -42,19 +42,39 @@ class Dockerd:
         dockerd = shutil.which("dockerd")
         if dockerd is None:
             raise SystemExit("dockerd not found: apt-get install docker.io")
-        subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=False,
-                       stderr=subprocess.DEVNULL)  # fmt: skip
-        subprocess.run(["ip", "addr", "add", "10.213.0.1/24", "dev", BRIDGE], check=False,
-                       stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            ["ip", "link", "add", BRIDGE, "type", "bridge"], check=False, stderr=subprocess.DEVNULL
+        )
+        subprocess.run(
+            ["ip", "addr", "add", "10.213.0.1/24", "dev", BRIDGE],
+            check=False,
+            stderr=subprocess.DEVNULL,
+        )
         subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
         log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [dockerd, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-             "--pidfile", str(self.root / "dockerd.pid"), "-H", f"unix://{self.socket}",
-             "--bridge", BRIDGE, "--iptables=false", "--ip6tables=false",
-             "--containerd-namespace", "sdcdbench", "--containerd-plugins-namespace", "sdcdbench-p"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                dockerd,
+                "--data-root",
+                str(self.root / "data"),
+                "--exec-root",
+                str(self.root / "exec"),
+                "--pidfile",
+                str(self.root / "dockerd.pid"),
+                "-H",
+                f"unix://{self.socket}",
+                "--bridge",
+                BRIDGE,
+                "--iptables=false",
+                "--ip6tables=false",
+                "--containerd-namespace",
+                "sdcdbench",
+                "--containerd-plugins-namespace",
+                "sdcdbench-p",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         wait_for(lambda: self.cli("version").returncode == 0, 60, 0.2)
 
     def env(self) -> dict[str, str]:
@@ -95,8 +115,12 @@ class Sdcd:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        env.update(DOCKER_HOST=self.daemon.docker_host, DOCKER_TLS_VERIFY="1",
-                   DOCKER_CERT_PATH=str(self.certs), DOCKER_CONFIG=str(self.root / "cfg"))  # fmt: skip
+        env.update(
+            DOCKER_HOST=self.daemon.docker_host,
+            DOCKER_TLS_VERIFY="1",
+            DOCKER_CERT_PATH=str(self.certs),
+            DOCKER_CONFIG=str(self.root / "cfg"),
+        )
         return env
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
@@ -133,11 +157,11 @@ def run(runs: int, only: str | None) -> list[tuple[str, float, float]]:
                 if only and only != name:
                     continue
                 for target in (ref, ours):  # warm-up
-                    timed(lambda t=target: t.cli(*args))
+                    timed(lambda t=target, a=args: t.cli(*a))
                 ref_times, our_times = [], []
                 for _ in range(runs):  # interleaved, so drift hits both alike
-                    ref_times.append(timed(lambda: ref.cli(*args)))
-                    our_times.append(timed(lambda: ours.cli(*args)))
+                    ref_times.append(timed(lambda a=args: ref.cli(*a)))
+                    our_times.append(timed(lambda a=args: ours.cli(*a)))
                 rows.append((name, statistics.median(ref_times), statistics.median(our_times)))
         finally:
             ours.stop()
@@ -151,7 +175,9 @@ def table(rows: list[tuple[str, float, float]], runs: int) -> str:
         "|---|---:|---:|---:|",
     ]
     for name, ref, ours in rows:
-        lines.append(f"| `{name}` | {ref * 1000:.1f} ms | {ours * 1000:.1f} ms | {ours / ref:.2f} |")
+        lines.append(
+            f"| `{name}` | {ref * 1000:.1f} ms | {ours * 1000:.1f} ms | {ours / ref:.2f} |"
+        )
     return "\n".join(lines)
 
 

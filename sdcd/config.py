@@ -100,7 +100,9 @@ def _host(value: Any, where: str) -> str:
         ipaddress.ip_address(value)
     except ValueError:
         if not all(part and len(part) < 64 for part in value.split(".")) or " " in value:
-            raise ConfigError(f"{where} must be an IP address or host name, not {value!r}") from None
+            raise ConfigError(
+                f"{where} must be an IP address or host name, not {value!r}"
+            ) from None
     return value
 
 

@@ -67,8 +67,10 @@ class SdcdService(service.MultiService):
         self._reactor = reactor
         self.config = config
         self._tls = server_tls
-        self.embedded = None if config.redis.url else EmbeddedRedis(
-            reactor, config.data_dir, config.redis.server
+        self.embedded = (
+            None
+            if config.redis.url
+            else EmbeddedRedis(reactor, config.data_dir, config.redis.server)
         )
         self.sites: dict[str, LoggingSite] = {}
         self.ports: dict[str, object] = {}
@@ -120,8 +122,9 @@ class SdcdService(service.MultiService):
         for name, port in self.ports.items():
             port.startReading()
             address = port.getHost()
-            self.log.info("{name} listening on {host}:{port}", name=name,
-                          host=address.host, port=address.port)  # fmt: skip
+            self.log.info(
+                "{name} listening on {host}:{port}", name=name, host=address.host, port=address.port
+            )
         self.ready.callback(None)
 
     def _wire(self, store) -> None:
@@ -157,8 +160,10 @@ def _setup_logging(config: sdcd_config.Config) -> None:
         try:
             stream = open(config.log_file, "a")  # noqa: SIM115 (lives as long as the process)
         except OSError as e:
-            raise sdcd_config.ConfigError(f"cannot open log.file {config.log_file}: {e.strerror}")
-        globalLogPublisher.addObserver(jsonFileLogObserver(stream))
+            raise sdcd_config.ConfigError(
+                f"cannot open log.file {config.log_file}: {e.strerror}"
+            ) from None
+        globalLogPublisher.addObserver(jsonFileLogObserver(stream, recordSeparator=""))
 
 
 def build(options: Options, reactor) -> SdcdService:
@@ -167,7 +172,9 @@ def build(options: Options, reactor) -> SdcdService:
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:
-        raise sdcd_config.ConfigError(f"cannot create data_dir {config.data_dir}: {e.strerror}")
+        raise sdcd_config.ConfigError(
+            f"cannot create data_dir {config.data_dir}: {e.strerror}"
+        ) from None
     server_tls = sdcd_tls.load_server_tls(config)
     sdcd = SdcdService(reactor, config, server_tls)
     try:

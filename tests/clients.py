@@ -52,7 +52,9 @@ def make_cert(
     signer = signer or key
     now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn)]) if issuer_cn else subject
+    issuer = (
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn)]) if issuer_cn else subject
+    )
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -53,10 +53,21 @@ def redis_url(tmp_path_factory):
     where = tmp_path_factory.mktemp("redis")
     sock = where / "redis.sock"
     proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--dir", str(where),
-         "--save", "", "--appendonly", "no"],
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--dir",
+            str(where),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     try:
         wait_for(sock.exists, 10)
         yield f"unix://{sock}"
@@ -76,6 +87,7 @@ class Daemon:
 
     def __init__(self, root: Path, **settings) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
         self.docker_port = free_port()
         self.cloudapi_port = free_port()
@@ -109,17 +121,21 @@ class Daemon:
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+        seen = len(self.log())
+        log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
         self.proc = subprocess.Popen(
             [str(BIN / "twistd"), "--pidfile=", "-n", "sdcd", "-c", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env_for_tools(), cwd=self.root,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env_for_tools(),
+            cwd=self.root,
+        )
         log.close()
 
         def listening() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sdcd exited {self.proc.returncode}: {self.log()}")
-            return "docker listening on" in self.log()
+            return "docker listening on" in self.log()[seen:]
 
         wait_for(listening, 30)
 
@@ -140,8 +156,12 @@ class Daemon:
         """Run the real `sdcd-admin` against this daemon's configuration."""
         result = subprocess.run(
             [str(BIN / "sdcd-admin"), "-c", str(self.config_path), *args],
-            capture_output=True, text=True, env=env_for_tools(), input=input, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=env_for_tools(),
+            input=input,
+            timeout=60,
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"sdcd-admin {args} failed: {result.stderr}")
         return result

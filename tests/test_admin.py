@@ -67,7 +67,9 @@ def test_keys(sdcd, tmp_path):
 def test_authorized_keys_file(sdcd, tmp_path):
     sdcd.admin("account", "create", "multikey")
     keys = [make_key("ed25519") for _ in range(3)]
-    text = "# my keys\n\n" + "".join(f'no-pty {openssh_line(k, f"k{i}")}\n' for i, k in enumerate(keys))
+    text = "# my keys\n\n" + "".join(
+        f"no-pty {openssh_line(k, f'k{i}')}\n" for i, k in enumerate(keys)
+    )
     sdcd.admin("key", "add", "multikey", "-f", "-", input=text)
     assert len(json.loads(sdcd.admin("--json", "key", "list", "multikey").stdout)) == 3
 
@@ -92,8 +94,10 @@ def test_bad_input(sdcd, args, message):
 def test_duplicate_account_changes_nothing(sdcd):
     sdcd.admin("account", "create", "dupe")
     before = snapshot(sdcd, "dupe")
-    assert_fails(sdcd.admin("account", "create", "dupe", "--approved", check=False),
-                 "account dupe already exists")  # fmt: skip
+    assert_fails(
+        sdcd.admin("account", "create", "dupe", "--approved", check=False),
+        "account dupe already exists",
+    )
     assert snapshot(sdcd, "dupe") == before
 
 
@@ -115,8 +119,10 @@ def test_malformed_keys_change_nothing(sdcd, login, line, message):
 def test_batch_with_one_bad_key_adds_none(sdcd):
     sdcd.admin("account", "create", "batch")
     good = openssh_line(make_key("ed25519"), "good")
-    assert_fails(sdcd.admin("key", "add", "batch", "-f", "-", input=f"{good}\nssh-rsa AAAA\n",
-                            check=False), "line 2")  # fmt: skip
+    assert_fails(
+        sdcd.admin("key", "add", "batch", "-f", "-", input=f"{good}\nssh-rsa AAAA\n", check=False),
+        "line 2",
+    )
     assert json.loads(sdcd.admin("--json", "key", "list", "batch").stdout) == []
 
 
@@ -125,14 +131,18 @@ def test_duplicate_key_changes_nothing(sdcd):
     line = openssh_line(make_key("ed25519"), "first")
     sdcd.admin("key", "add", "dupkey", line)
     before = snapshot(sdcd, "dupkey")
-    assert_fails(sdcd.admin("key", "add", "dupkey", line.replace("first", "second"), check=False),
-                 "already registered")  # fmt: skip
+    assert_fails(
+        sdcd.admin("key", "add", "dupkey", line.replace("first", "second"), check=False),
+        "already registered",
+    )
     assert snapshot(sdcd, "dupkey") == before
 
 
 def test_key_for_unknown_account(sdcd):
-    assert_fails(sdcd.admin("key", "add", "ghost", openssh_line(make_key("rsa")), check=False),
-                 "no such account: ghost")  # fmt: skip
+    assert_fails(
+        sdcd.admin("key", "add", "ghost", openssh_line(make_key("rsa")), check=False),
+        "no such account: ghost",
+    )
 
 
 def test_bad_config(tmp_path):

@@ -46,12 +46,15 @@ def test_head_ping(sdcd, identity):
 @pytest.mark.parametrize(
     ("version", "message"),
     [
-        ("1.19", "client version 1.19 is too old. Minimum supported API version is 1.20, "
-                 "please upgrade your client to a newer version"),
+        (
+            "1.19",
+            "client version 1.19 is too old. Minimum supported API version is 1.20, "
+            "please upgrade your client to a newer version",
+        ),
         ("1.42", "client version 1.42 is too new. Maximum supported API version is 1.41"),
         ("2.0", "client version 2.0 is too new. Maximum supported API version is 1.41"),
     ],
-)  # fmt: skip
+)
 def test_unsupported_versions(sdcd, identity, version, message):
     resp = call(sdcd, identity, "GET", f"/v{version}/info")
     assert resp.status == 400

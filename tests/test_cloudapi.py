@@ -31,7 +31,9 @@ def account(sdcd, kind: str = "rsa"):
         key = make_key(kind)
         sdcd.admin("account", "create", login)
         sdcd.admin("key", "add", login, openssh_line(key), "--name", "main")
-        fingerprint = json.loads(sdcd.admin("--json", "key", "list", login).stdout)[0]["fingerprint"]
+        fingerprint = json.loads(sdcd.admin("--json", "key", "list", login).stdout)[0][
+            "fingerprint"
+        ]
         _accounts[kind] = (login, key, fingerprint)
     return _accounts[kind]
 
@@ -41,9 +43,13 @@ def signed_get(sdcd, path, key, key_id, *, date=None, headers=("date",)):
     values = {"date": date}
     auth = httpsig.sign(key, key_id, "GET", path, values, header_names=headers)
     return request(
-        sdcd.cloudapi_port, "GET", path, ca=sdcd.ca_path, host="127.0.0.1",
+        sdcd.cloudapi_port,
+        "GET",
+        path,
+        ca=sdcd.ca_path,
+        host="127.0.0.1",
         headers={"Date": date, "Authorization": auth},
-    )  # fmt: skip
+    )
 
 
 def test_ping_needs_no_signature(sdcd):
@@ -68,8 +74,9 @@ def test_signed_requests(sdcd, kind):
 
 def test_request_target_in_signature(sdcd):
     login, key, fingerprint = account(sdcd)
-    resp = signed_get(sdcd, f"/{login}", key, f"/{login}/keys/{fingerprint}",
-                      headers=("(request-target)", "date"))  # fmt: skip
+    resp = signed_get(
+        sdcd, f"/{login}", key, f"/{login}/keys/{fingerprint}", headers=("(request-target)", "date")
+    )
     assert resp.status == 200
 
 
@@ -80,7 +87,9 @@ def assert_invalid(resp) -> None:
 
 def test_unsigned(sdcd):
     login, _, _ = account(sdcd)
-    assert_invalid(request(sdcd.cloudapi_port, "GET", f"/{login}", ca=sdcd.ca_path, host="127.0.0.1"))
+    assert_invalid(
+        request(sdcd.cloudapi_port, "GET", f"/{login}", ca=sdcd.ca_path, host="127.0.0.1")
+    )
 
 
 def test_bad_signature(sdcd):
@@ -102,8 +111,9 @@ def test_stale_date(sdcd):
 
 def test_date_not_signed(sdcd):
     login, key, fingerprint = account(sdcd)
-    resp = signed_get(sdcd, f"/{login}", key, f"/{login}/keys/{fingerprint}",
-                      headers=("(request-target)",))  # fmt: skip
+    resp = signed_get(
+        sdcd, f"/{login}", key, f"/{login}/keys/{fingerprint}", headers=("(request-target)",)
+    )
     assert_invalid(resp)
 
 

@@ -79,8 +79,12 @@ def twistd(tmp_path: Path, text: str | None, *, path: Path | None = None):
         path.write_text(text)
     return subprocess.run(
         [str(BIN / "twistd"), "--pidfile=", "-n", "sdcd", "-c", str(path)],
-        capture_output=True, text=True, env=env_for_tools(), cwd=tmp_path, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env_for_tools(),
+        cwd=tmp_path,
+        timeout=60,
+    )
 
 
 def base(tmp_path: Path) -> str:

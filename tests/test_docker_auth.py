@@ -87,11 +87,13 @@ def test_unknown_account(sdcd, tmp_path):
 def test_key_not_registered(sdcd, tmp_path):
     login, _ = account_with_key(sdcd)
     other = make_key("ed25519")
-    assert_refused(get(sdcd, "/info", write_identity(tmp_path, other, make_cert(other, login))), login)
+    assert_refused(
+        get(sdcd, "/info", write_identity(tmp_path, other, make_cert(other, login))), login
+    )
 
 
 def test_key_of_another_account(sdcd, tmp_path):
-    alice, alice_key = account_with_key(sdcd)
+    _, alice_key = account_with_key(sdcd)
     bob, _ = account_with_key(sdcd)
     identity = write_identity(tmp_path, alice_key, make_cert(alice_key, bob))
     assert_refused(get(sdcd, "/info", identity), bob)

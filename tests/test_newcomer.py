@@ -27,8 +27,22 @@ def ssh_key(home: Path, kind: str) -> Path:
     path = home / ".ssh" / f"id_{kind}"
     path.parent.mkdir(parents=True, exist_ok=True)
     bits = ["-b", "3072"] if kind == "rsa" else []
-    subprocess.run(["ssh-keygen", "-q", "-t", kind, *bits, "-N", "", "-C", f"{kind}@newcomer",
-                    "-f", str(path)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            kind,
+            *bits,
+            "-N",
+            "",
+            "-C",
+            f"{kind}@newcomer",
+            "-f",
+            str(path),
+        ],
+        check=True,
+    )
     assert path.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     return path
 
@@ -36,15 +50,19 @@ def ssh_key(home: Path, kind: str) -> Path:
 def setup_helper(d: Daemon, home: Path, login: str, key: Path, *flags: str):
     return subprocess.run(
         ["bash", str(HELPER), *flags, "-k", d.cloudapi_url, login, str(key)],
-        capture_output=True, text=True, env=user_env(home), timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=user_env(home),
+        timeout=120,
+    )
 
 
 def docker(home: Path, profile: Path, *commands: str) -> subprocess.CompletedProcess:
     """Run commands in a shell that sourced env.sh (aliases on, as in a user's shell)."""
     script = f"shopt -s expand_aliases\nsource {profile / 'env.sh'}\n" + "\n".join(commands)
-    return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                          env=user_env(home), timeout=120)  # fmt: skip
+    return subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env=user_env(home), timeout=120
+    )
 
 
 @pytest.fixture

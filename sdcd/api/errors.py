@@ -40,6 +40,7 @@ def render_failure(request: IRequest, failure: Failure) -> bytes:
     """A CoreError becomes its status; anything else is logged and a bare 500."""
     if failure.check(errors.CoreError):
         return write_json_error(request, status_of(failure.value), failure.value.message)
-    log.failure("unhandled error in {method} {path}", failure,
-                method=request.method, path=request.path)  # fmt: skip
+    log.failure(
+        "unhandled error in {method} {path}", failure, method=request.method, path=request.path
+    )
     return write_json_error(request, 500, "internal server error")

@@ -29,6 +29,10 @@ def peer_certificate(request):
     return cert.to_cryptography() if cert is not None else None
 
 
+# A module-level Logger keeps its namespace (a class attribute would take the class's).
+access_log = Logger(namespace="sdcd.access")
+
+
 class DockerRoot(Resource):
     """Takes every request, strips and checks ``/vX.Y``, authenticates, then hands the
     request to the Klein routes."""
@@ -42,7 +46,6 @@ class DockerRoot(Resource):
         self._ca_pem = ca_pem
 
     def render(self, request) -> int | bytes:
-        request.sdcd_started = time.monotonic()
         request.sdcd_account = None
         common_headers(request, __version__)
         try:
@@ -53,8 +56,9 @@ class DockerRoot(Resource):
             request.setHeader(b"content-type", b"application/x-pem-file")
             return self._ca_pem
         d = ensureDeferred(self._auth.from_certificate(peer_certificate(request)))
-        d.addCallbacks(self._authenticated, self._refused, callbackArgs=(request,),
-                       errbackArgs=(request,))  # fmt: skip
+        d.addCallbacks(
+            self._authenticated, self._refused, callbackArgs=(request,), errbackArgs=(request,)
+        )
         return server.NOT_DONE_YET
 
     @staticmethod
@@ -91,10 +95,14 @@ class LoggingSite(server.Site):
         self.displayTracebacks = False
         self._clock = clock
 
+    def getResourceFor(self, request):
+        request.sdcd_started = self._clock()
+        return super().getResourceFor(request)
+
     def log(self, request) -> None:
         started = getattr(request, "sdcd_started", None)
         account = getattr(request, "sdcd_account", None)
-        self._logger.info(
+        access_log.info(
             "{account} {method} {path} {status} {duration_ms:.1f}ms",
             account=account.login if account else "-",
             method=request.method.decode("ascii", "replace"),
@@ -104,4 +112,3 @@ class LoggingSite(server.Site):
             peer=str(request.getClientAddress()),
         )
 
-    _logger = Logger(namespace="sdcd.access")

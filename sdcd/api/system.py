@@ -53,8 +53,12 @@ def info_body(view: AccountView, version: str, api: tuple[int, int]) -> dict:
             ["Compute nodes", str(view.nodes)],
         ],
         "SystemStatus": None,
-        "Plugins": {"Volume": ["local"], "Network": ["bridge"], "Authorization": None,
-                    "Log": ["json-file", "none"]},  # fmt: skip
+        "Plugins": {
+            "Volume": ["local"],
+            "Network": ["bridge"],
+            "Authorization": None,
+            "Log": ["json-file", "none"],
+        },
         "MemoryLimit": True,
         "SwapLimit": True,
         "KernelMemory": False,
@@ -106,8 +110,14 @@ def info_body(view: AccountView, version: str, api: tuple[int, int]) -> dict:
             {
                 "Runtimes": {"runc": {"path": "runc"}},
                 "DefaultRuntime": "runc",
-                "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
-                          "ControlAvailable": False, "Error": "", "RemoteManagers": None},  # fmt: skip
+                "Swarm": {
+                    "NodeID": "",
+                    "NodeAddr": "",
+                    "LocalNodeState": "inactive",
+                    "ControlAvailable": False,
+                    "Error": "",
+                    "RemoteManagers": None,
+                },
                 "LiveRestoreEnabled": True,
                 "Isolation": "",
                 "InitBinary": "",

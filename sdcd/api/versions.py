@@ -44,4 +44,5 @@ def negotiate(text: str) -> tuple[int, int]:
             f"client version {text} is too new. Maximum supported API version is "
             f"{render(MAX_VERSION)}"
         )
-    return (version + (0,))[:2] if len(version) >= 2 else (version[0], 0)
+    major, minor = (*version, 0)[:2]
+    return major, minor

@@ -101,7 +101,9 @@ def _san(names: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def make_server_cert(ca_cert_pem: bytes, ca_key_pem: bytes, names: list[str]) -> tuple[bytes, bytes]:
+def make_server_cert(
+    ca_cert_pem: bytes, ca_key_pem: bytes, names: list[str]
+) -> tuple[bytes, bytes]:
     """A server certificate for ``names`` signed by the CA: (cert PEM, key PEM)."""
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
     ca_key = serialization.load_pem_private_key(ca_key_pem, None)
@@ -158,7 +160,10 @@ def _generated(config: Config) -> ServerTLS:
     The server certificate is made again when the public host name changes."""
     tls_dir = config.data_dir / "tls"
     tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ca_path, ca_key_path = config.tls.ca or tls_dir / "ca.pem", config.tls.ca_key or tls_dir / "ca-key.pem"
+    ca_path, ca_key_path = (
+        config.tls.ca or tls_dir / "ca.pem",
+        config.tls.ca_key or tls_dir / "ca-key.pem",
+    )
     if not ca_path.exists() and not config.tls.ca:
         ca_pem, ca_key_pem = make_ca(config.datacenter)
         _write(ca_key_path, ca_key_pem, 0o600)

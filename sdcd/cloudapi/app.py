@@ -72,9 +72,8 @@ class CloudAPI:
     async def _caller(self, request, login: str):
         """The signed-in account, which must be the one named in the path."""
         account = await self._auth.from_signature(
-            request.getHeader(b"authorization") and request.getHeader(b"authorization").decode(
-                "latin-1"
-            ),
+            request.getHeader(b"authorization")
+            and request.getHeader(b"authorization").decode("latin-1"),
             request.method.decode("ascii"),
             request.uri.decode("latin-1"),
             _headers(request),
@@ -91,21 +90,27 @@ class CloudAPI:
     @app.route("/<string:login>", methods=["GET", "HEAD"])
     async def account(self, request, login: str) -> bytes:
         account = await self._caller(request, login)
-        return _json(request, 200, {
-            "id": account.uuid,
-            "login": account.login,
-            "created": account.created,
-            "updated": account.created,
-            "approved_for_provisioning": account.approved,
-        })  # fmt: skip
+        return _json(
+            request,
+            200,
+            {
+                "id": account.uuid,
+                "login": account.login,
+                "created": account.created,
+                "updated": account.created,
+                "approved_for_provisioning": account.approved,
+            },
+        )
 
     @app.route("/<string:login>/keys", methods=["GET", "HEAD"])
     async def keys(self, request, login: str) -> bytes:
         await self._caller(request, login)
         keys = await self._accounts.keys(login)
-        return _json(request, 200, [
-            {"name": k.name, "fingerprint": k.fingerprint, "key": k.openssh} for k in keys
-        ])  # fmt: skip
+        return _json(
+            request,
+            200,
+            [{"name": k.name, "fingerprint": k.fingerprint, "key": k.openssh} for k in keys],
+        )
 
     @app.route("/<string:login>/services", methods=["GET", "HEAD"])
     async def services(self, request, login: str) -> bytes:

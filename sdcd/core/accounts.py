@@ -31,13 +31,13 @@ def check_login(login: str) -> str:
 
 
 def _utcnow_iso(clock: Callable[[], float]) -> str:
-    return datetime.datetime.fromtimestamp(clock(), datetime.UTC).strftime(
-        "%Y-%m-%dT%H:%M:%S.%fZ"
-    )
+    return datetime.datetime.fromtimestamp(clock(), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def key_record(key: SSHPublicKey, name: str, created: str) -> KeyRecord:
-    return KeyRecord(fingerprint=key.md5_fingerprint, name=name, openssh=key.openssh, created=created)
+    return KeyRecord(
+        fingerprint=key.md5_fingerprint, name=name, openssh=key.openssh, created=created
+    )
 
 
 class AccountService:

@@ -8,6 +8,7 @@ restarts. It is started through ``setpriv --pdeathsig TERM`` so that it ends cle
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -79,7 +80,9 @@ class EmbeddedRedis:
         if shutil.which(self._server) is None:
             raise EmbeddedRedisError(f"redis-server not found: {self._server!r} is not on PATH")
         if len(str(self.socket_path)) > MAX_SOCKET_PATH:
-            raise EmbeddedRedisError(f"data directory path too long for a unix socket: {self.socket_path}")
+            raise EmbeddedRedisError(
+                f"data directory path too long for a unix socket: {self.socket_path}"
+            )
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
@@ -92,18 +95,30 @@ class EmbeddedRedis:
 
     def _argv(self) -> list[str]:
         return [
-            "setpriv", "--pdeathsig", "TERM", "--",
+            "setpriv",
+            "--pdeathsig",
+            "TERM",
+            "--",
             shutil.which(self._server) or self._server,
-            "--port", "0",
-            "--unixsocket", str(self.socket_path),
-            "--unixsocketperm", "700",
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", "",
-        ]  # fmt: skip
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket_path),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ]
 
     def _spawn(self) -> _RedisProcess:
         if self.socket_path.exists():
@@ -122,8 +137,10 @@ class EmbeddedRedis:
         delay = min(30.0, 0.5 * 2 ** min(self._restarts, 6))
         self.log.error(
             "redis-server exited unexpectedly ({reason}); restarting in {delay}s: {output}",
-            reason=reason, delay=delay, output=proc.output.decode(errors="replace")[-500:],
-        )  # fmt: skip
+            reason=reason,
+            delay=delay,
+            output=proc.output.decode(errors="replace")[-500:],
+        )
         self._reactor.callLater(delay, self._restart)
 
     def _restart(self) -> None:
@@ -160,13 +177,12 @@ class EmbeddedRedis:
         except error.ProcessExitedAlready:
             return
         killer = self._reactor.callLater(timeout, self._kill, proc)
-        yield proc.ended
+        reason = yield proc.ended
         if killer.active():
             killer.cancel()
+        self.log.info("embedded redis-server stopped ({reason})", reason=reason)
 
     @staticmethod
     def _kill(proc: _RedisProcess) -> None:
-        try:
+        with contextlib.suppress(error.ProcessExitedAlready):
             proc.transport.signalProcess(signal.SIGKILL)
-        except error.ProcessExitedAlready:
-            pass

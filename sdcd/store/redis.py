@@ -104,7 +104,9 @@ class RedisStateStore:
         raws = await self._redis.mget([self._key("account", login) for login in logins])
         return [Account.from_json(json.loads(raw)) for raw in raws if raw]
 
-    async def update_account(self, login: str, disabled: bool | None = None, approved: bool | None = None):
+    async def update_account(
+        self, login: str, disabled: bool | None = None, approved: bool | None = None
+    ):
         raw = await self._redis.eval(
             _UPDATE_ACCOUNT, [self._key("account", login)], [_flag(disabled), _flag(approved)]
         )

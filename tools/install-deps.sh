@@ -36,8 +36,6 @@ fi
 stamp=.venv/.sdcd-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q --upgrade pip
-    # "compat" editable mode puts the checkout on sys.path, which twistd needs to find
-    # twisted/plugins/sdcd_plugins.py.
-    .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
+    .venv/bin/pip install -q -e '.[test]'
     touch "$stamp"
 fi

@@ -12,6 +12,8 @@ key=${SDCD_DEMO_KEY:-$HOME/.ssh/sdcd_${account}_ed25519}
 
 bash tools/install-deps.sh
 export PATH="$here/.venv/bin:$PATH"
+# twistd finds twisted/plugins/sdcd_plugins.py through sys.path.
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ ! -f "$key" ]; then
     mkdir -p "$(dirname "$key")" && chmod 700 "$(dirname "$key")"

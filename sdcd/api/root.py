@@ -111,4 +111,3 @@ class LoggingSite(server.Site):
             duration_ms=(self._clock() - started) * 1000 if started else 0.0,
             peer=str(request.getClientAddress()),
         )
-

@@ -11,8 +11,11 @@ Usage: ``.venv/bin/python -m bench.run [--runs N] [--only NAME]``, as root.
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import shutil
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -86,6 +89,9 @@ class Dockerd:
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", *args], capture_output=True, env=self.env())
 
+    def connection(self) -> http.client.HTTPConnection:
+        return _UnixHTTPConnection(str(self.socket))
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -126,8 +132,42 @@ class Sdcd:
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", *args], capture_output=True, env=self.env())
 
+    def connection(self) -> http.client.HTTPConnection:
+        context = ssl.create_default_context(cafile=str(self.certs / "ca.pem"))
+        context.load_cert_chain(str(self.certs / "cert.pem"), str(self.certs / "key.pem"))
+        return http.client.HTTPSConnection("localhost", self.daemon.docker_port, context=context)
+
     def stop(self) -> None:
         self.daemon.stop()
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost")
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self._path)
+
+
+class _Done:
+    returncode = 0
+
+
+def api_requests(target, path: str, count: int = 100) -> _Done:
+    """``count`` requests on one keep-alive connection: the server's own cost per request."""
+    conn = target.connection()
+    try:
+        for _ in range(count):
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"{path}: {resp.status}")
+    finally:
+        conn.close()
+    return _Done()
 
 
 def timed(run: Callable[[], subprocess.CompletedProcess]) -> float:
@@ -139,9 +179,11 @@ def timed(run: Callable[[], subprocess.CompletedProcess]) -> float:
     return elapsed
 
 
-SCENARIOS: dict[str, tuple[str, ...]] = {
-    "docker version": ("version",),
-    "docker info": ("info",),
+SCENARIOS: dict[str, Callable] = {
+    "docker version": lambda t: t.cli("version"),
+    "docker info": lambda t: t.cli("info"),
+    "100 x GET /v1.41/info, one connection": lambda t: api_requests(t, "/v1.41/info"),
+    "100 x GET /_ping, one connection": lambda t: api_requests(t, "/_ping"),
 }
 
 
@@ -153,15 +195,15 @@ def run(runs: int, only: str | None) -> list[tuple[str, float, float]]:
         try:
             ref.start()
             ours.start()
-            for name, args in SCENARIOS.items():
+            for name, scenario in SCENARIOS.items():
                 if only and only != name:
                     continue
                 for target in (ref, ours):  # warm-up
-                    timed(lambda t=target, a=args: t.cli(*a))
+                    timed(lambda t=target, s=scenario: s(t))
                 ref_times, our_times = [], []
                 for _ in range(runs):  # interleaved, so drift hits both alike
-                    ref_times.append(timed(lambda a=args: ref.cli(*a)))
-                    our_times.append(timed(lambda a=args: ours.cli(*a)))
+                    ref_times.append(timed(lambda s=scenario: s(ref)))
+                    our_times.append(timed(lambda s=scenario: s(ours)))
                 rows.append((name, statistics.median(ref_times), statistics.median(our_times)))
         finally:
             ours.stop()

@@ -9,6 +9,7 @@ the store is connected.
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 
@@ -99,6 +100,9 @@ class SdcdService(service.MultiService):
                     f"cannot listen for {name} on {listen.host}:{listen.port}: {reason}"
                 ) from None
             port.stopReading()
+            # Accepted sockets inherit TCP_NODELAY on Linux. Without it a response that
+            # ends in a second small TLS record waits for the client's delayed ACK.
+            port.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sites[name], self.ports[name] = site, port
 
     def unbind(self) -> None:

@@ -111,3 +111,29 @@ def test_sigterm_is_a_clean_exit(tmp_path):
     assert "Server Shut Down." in d.log()
     assert "embedded redis-server stopped" in d.log()
     assert "Traceback" not in d.log()
+
+
+def test_crashed_redis_is_restarted(tmp_path):
+    """The embedded redis-server is supervised: killed, it comes back, and requests are
+    served again with nothing lost (AOF)."""
+    d = Daemon(tmp_path / "sdcd")
+    d.start()
+    try:
+        identity = with_account(d, tmp_path)
+        (old,) = redis_pids(d)
+        subprocess.run(["kill", "-KILL", str(old)], check=True)
+        wait_for(lambda: redis_pids(d) and redis_pids(d) != [old], 20)
+        assert wait_for(lambda: info(d, identity).status == 200, 20)
+        assert "redis-server exited unexpectedly" in d.log()
+    finally:
+        d.stop()
+
+
+def test_twistd_help_lists_options():
+    from tests.conftest import BIN, env_for_tools
+
+    result = subprocess.run(
+        [str(BIN / "twistd"), "sdcd", "--help"], capture_output=True, text=True, env=env_for_tools()
+    )
+    assert result.returncode == 0
+    assert "--config=" in result.stdout and "TOML" in result.stdout

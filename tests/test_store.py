@@ -104,6 +104,16 @@ async def test_key_errors_change_nothing(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_account_and_keys_in_one_call(store):
+    assert await store.get_account_and_keys("alice") == (None, [])
+    await store.create_account(account())
+    assert await store.get_account_and_keys("alice") == (account(), [])
+    await store.add_key("alice", key("11:11", "zed"))
+    await store.add_key("alice", key("22:22", "alpha"))
+    assert await store.get_account_and_keys("alice") == (account(), await store.list_keys("alice"))
+
+
+@pytest_twisted.ensureDeferred
 async def test_accounts_are_separate(store):
     await store.create_account(account("alice"))
     await store.create_account(account("bob"))

@@ -22,11 +22,16 @@ from sdcd.core.errors import InvalidArgument
 
 
 def peer_certificate(request):
-    """The client's certificate as a ``cryptography`` object, or None."""
-    transport = request.channel.transport if request.channel else None
-    get = getattr(transport, "getPeerCertificate", None)
-    cert = get() if get else None
-    return cert.to_cryptography() if cert is not None else None
+    """The client's certificate as a ``cryptography`` object, or None (converted once per
+    connection)."""
+    channel = request.channel
+    if channel is None:
+        return None
+    if not hasattr(channel, "sdcd_peer_cert"):
+        get = getattr(channel.transport, "getPeerCertificate", None)
+        cert = get() if get else None
+        channel.sdcd_peer_cert = cert.to_cryptography() if cert is not None else None
+    return channel.sdcd_peer_cert
 
 
 # A module-level Logger keeps its namespace (a class attribute would take the class's).

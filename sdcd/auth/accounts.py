@@ -37,10 +37,9 @@ class Authenticator:
     async def _account_and_keys(self, login: str | None) -> tuple[Account, list[SSHPublicKey]]:
         if not login:
             raise Unauthorized()
-        account = await self._store.get_account(login)
+        account, records = await self._store.get_account_and_keys(login)
         if account is None:
             raise Unauthorized()
-        records = await self._store.list_keys(login)
         keys = [k for k in (_parsed(r.openssh) for r in records) if k is not None]
         return account, keys
 

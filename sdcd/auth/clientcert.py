@@ -10,6 +10,7 @@ The TLS handshake has already proved the client holds the certificate key's priv
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Iterable
 
 from cryptography import x509
@@ -63,23 +64,27 @@ def within_validity(cert: x509.Certificate, now: datetime.datetime) -> bool:
     return cert.not_valid_before_utc - NOT_BEFORE_SLACK <= now <= cert.not_valid_after_utc
 
 
+@functools.lru_cache(maxsize=4096)
+def vouches_for(cert: x509.Certificate, key: SSHPublicKey) -> bool:
+    """Whether ``key`` vouches for ``cert``: it is the cert's own key and signed it, or the
+    issuer CN names its fingerprint and it signed it. Pure, so cached: a client sends the
+    same certificate on every connection."""
+    try:
+        cert_key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        return False
+    if key.matches(cert_key):
+        return signed_by(cert, cert_key)
+    issuer_cn = common_name(cert.issuer)
+    return (
+        bool(issuer_cn) and key.fingerprint_matches(issuer_cn) and signed_by(cert, key.public_key())
+    )
+
+
 def signing_key(
     cert: x509.Certificate, keys: Iterable[SSHPublicKey], now: datetime.datetime
 ) -> SSHPublicKey | None:
     """The registered key that vouches for ``cert``, or None if none does."""
     if not within_validity(cert, now):
         return None
-    keys = list(keys)
-    try:
-        cert_key = cert.public_key()
-    except (UnsupportedAlgorithm, ValueError):
-        return None
-    for key in keys:
-        if key.matches(cert_key) and signed_by(cert, cert_key):
-            return key
-    issuer_cn = common_name(cert.issuer)
-    if issuer_cn:
-        for key in keys:
-            if key.fingerprint_matches(issuer_cn) and signed_by(cert, key.public_key()):
-                return key
-    return None
+    return next((key for key in keys if vouches_for(cert, key)), None)

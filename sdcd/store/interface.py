@@ -30,6 +30,10 @@ class IStateStore(Interface):
     def get_account(login):
         """Fire with the ``Account`` or None."""
 
+    def get_account_and_keys(login):
+        """Fire with ``(Account, [KeyRecord, ...])`` in one round trip (the per-request
+        authentication lookup), or ``(None, [])``."""
+
     def list_accounts():
         """Fire with all accounts, sorted by login."""
 

@@ -43,6 +43,13 @@ return redis.call('hsetnx', KEYS[2], ARGV[1], ARGV[2])
 """
 
 
+_ACCOUNT_AND_KEYS = """
+local raw = redis.call('get', KEYS[1])
+if not raw then return false end
+return {raw, redis.call('hvals', KEYS[2])}
+"""
+
+
 def _flag(value: bool | None) -> str:
     return "" if value is None else ("1" if value else "0")
 
@@ -66,6 +73,11 @@ def connect(url: str, *, connect_timeout: float = 5.0) -> Deferred:
         connectTimeout=connect_timeout,
         replyTimeout=30,
     )
+
+
+def _sorted_keys(raws) -> list[KeyRecord]:
+    keys = [KeyRecord.from_json(json.loads(raw)) for raw in raws or []]
+    return sorted(keys, key=lambda k: (k.name, k.fingerprint))
 
 
 @implementer(IStateStore)
@@ -95,6 +107,17 @@ class RedisStateStore:
     async def get_account(self, login: str):
         raw = await self._redis.get(self._key("account", login))
         return Account.from_json(json.loads(raw)) if raw else None
+
+    async def get_account_and_keys(self, login: str):
+        reply = await self._redis.eval(
+            _ACCOUNT_AND_KEYS,
+            [self._key("account", login), self._key("account", login, "keys")],
+            [],
+        )
+        if not reply:
+            return None, []
+        raw, keys = reply
+        return Account.from_json(json.loads(raw)), _sorted_keys(keys)
 
     async def list_accounts(self):
         logins = await self._redis.smembers(self._key("accounts"))
@@ -126,9 +149,7 @@ class RedisStateStore:
             raise AlreadyExists(f"key {key.fingerprint} is already registered with {login}")
 
     async def list_keys(self, login: str):
-        raw = await self._redis.hgetall(self._key("account", login, "keys"))
-        keys = [KeyRecord.from_json(json.loads(value)) for value in (raw or {}).values()]
-        return sorted(keys, key=lambda k: (k.name, k.fingerprint))
+        return _sorted_keys(await self._redis.hvals(self._key("account", login, "keys")))
 
     async def remove_key(self, login: str, fingerprint: str):
         removed = await self._redis.hdel(self._key("account", login, "keys"), fingerprint)

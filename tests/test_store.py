@@ -8,8 +8,8 @@ import pytest_twisted
 from zope.interface.verify import verifyObject
 
 from sdcd.store import redis as redis_store
-from sdcd.store.interface import AlreadyExists, IStateStore, NotFound
-from sdcd.store.records import Account, KeyRecord
+from sdcd.store.interface import AlreadyExists, IImageRecords, IStateStore, NotFound
+from sdcd.store.records import Account, ImageRecord, KeyRecord, LayerRecord
 
 
 @pytest.fixture
@@ -119,3 +119,75 @@ async def test_accounts_are_separate(store):
     await store.create_account(account("bob"))
     await store.add_key("alice", key())
     assert await store.list_keys("bob") == []
+
+
+def image(n: int, layers=("sha256:" + "1" * 64,)) -> ImageRecord:
+    return ImageRecord(
+        id="sha256:" + f"{n:x}" * 64 if n < 16 else "sha256:" + "f" * 64,
+        layers=tuple(LayerRecord(d, "sha256:" + "d" * 64, 10, "gzip") for d in layers),
+        created="2026-11-28T00:00:00Z",
+        size=10,
+        added="2026-11-28T00:00:00Z",
+    )
+
+
+def test_image_records_interface(store):
+    assert verifyObject(IImageRecords, store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_and_get_image(store):
+    img = image(1)
+    assert (
+        await store.put_image(
+            "alice", img, ["docker.io/library/a:1"], ["docker.io/library/a@sha256:" + "9" * 64]
+        )
+        == []
+    )
+    got = await store.get_image("alice", img.id)
+    assert got.repo_tags == ("docker.io/library/a:1",)
+    assert got.repo_digests == ("docker.io/library/a@sha256:" + "9" * 64,)
+    assert got.layers == img.layers
+    assert await store.resolve_name("alice", "docker.io/library/a:1") == img.id
+    assert await store.get_image("bob", img.id) is None
+    assert await store.resolve_name("bob", "docker.io/library/a:1") is None
+    assert await store.list_images("bob") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_tag_moves_between_images(store):
+    one, two = image(1), image(2)
+    await store.put_image("alice", one, ["x:latest"])
+    assert await store.put_image("alice", two, ["x:latest", "x:2"]) == [one.id]
+    assert (await store.get_image("alice", one.id)).repo_tags == ()
+    assert (await store.get_image("alice", two.id)).repo_tags == ("x:2", "x:latest")
+    await store.tag_image("alice", one.id, "x:latest")
+    listed = {i.id: i.repo_tags for i in await store.list_images("alice")}
+    assert listed == {one.id: ("x:latest",), two.id: ("x:2",)}
+    with pytest.raises(NotFound):
+        await store.tag_image("alice", "sha256:" + "0" * 64, "y:1")
+    assert await store.resolve_name("alice", "y:1") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_untag(store):
+    await store.put_image("alice", image(1), ["x:1", "x:2"])
+    assert await store.untag("alice", "x:1") == image(1).id
+    assert await store.untag("alice", "x:1") is None
+    assert (await store.get_image("alice", image(1).id)).repo_tags == ("x:2",)
+
+
+@pytest_twisted.ensureDeferred
+async def test_blob_references_span_accounts(store):
+    shared = "sha256:" + "5" * 64
+    a, b = image(1, (shared,)), image(1, (shared,))
+    await store.put_image("alice", a, ["x:1"])
+    await store.put_image("bob", b, ["x:1"])
+    assert await store.delete_image("alice", a.id) == []
+    assert await store.blob_referenced(shared)
+    assert await store.get_image("alice", a.id) is None
+    assert await store.resolve_name("alice", "x:1") is None
+    assert sorted(await store.delete_image("bob", b.id)) == sorted([b.id, shared])
+    assert not await store.blob_referenced(shared)
+    with pytest.raises(NotFound):
+        await store.delete_image("bob", b.id)

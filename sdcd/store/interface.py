@@ -53,3 +53,36 @@ class IStateStore(Interface):
 
     def close():
         """Release connections; fire when done."""
+
+
+class IImageRecords(Interface):
+    """Per-account image records and their names; blob references for the whole
+    datacenter (a blob is garbage when no record of any account references it)."""
+
+    def put_image(login, image, tags, digests):
+        """Record ``image`` for the account and point ``tags`` ("name:tag") and
+        ``digests`` ("name@sha256:...") at it, taking them from any other image. Fire
+        with the ids of images that lost a tag."""
+
+    def get_image(login, image_id):
+        """The ``ImageRecord`` (with its tags and digests) or None."""
+
+    def list_images(login):
+        """Every ``ImageRecord`` of the account."""
+
+    def resolve_name(login, name):
+        """The image id a "name:tag" or "name@digest" points at, or None."""
+
+    def tag_image(login, image_id, tag):
+        """Point ``tag`` at the image (taking it from another); ``NotFound`` if the
+        account has no such image."""
+
+    def untag(login, name):
+        """Remove one tag or repo digest; fire with the id it pointed at, or None."""
+
+    def delete_image(login, image_id):
+        """Remove the record, its names and its blob references; fire with the blobs no
+        record references any more (the caller deletes them)."""
+
+    def blob_referenced(digest):
+        """Whether any record of any account references the blob."""

@@ -40,3 +40,60 @@ class KeyRecord:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> KeyRecord:
         return cls(**{f.name: data[f.name] for f in attrs.fields(cls) if f.name in data})
+
+
+@attrs.frozen
+class LayerRecord:
+    """One layer of an image: its compressed blob and what it unpacks to."""
+
+    digest: str
+    diff_id: str
+    size: int
+    media_type: str
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class ImageRecord:
+    """An image as one account holds it. The ID is the config's digest, so two accounts
+    pulling the same image hold records with one ID over the same blobs. Tags and repo
+    digests live in their own indexes; ``repo_tags``/``repo_digests`` are filled on read."""
+
+    id: str
+    layers: tuple[LayerRecord, ...]
+    created: str
+    size: int
+    added: str
+    parent: str = ""
+    repo_tags: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()
+
+    @property
+    def config_digest(self) -> str:
+        return self.id
+
+    @property
+    def blobs(self) -> tuple[str, ...]:
+        """Every blob the record keeps alive: the config and the layers."""
+        return (self.id, *(layer.digest for layer in self.layers))
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data.pop("repo_tags")
+        data.pop("repo_digests")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], repo_tags=(), repo_digests=()) -> ImageRecord:
+        return cls(
+            id=data["id"],
+            layers=tuple(LayerRecord(**layer) for layer in data["layers"]),
+            created=data["created"],
+            size=data["size"],
+            added=data["added"],
+            parent=data.get("parent", ""),
+            repo_tags=tuple(sorted(repo_tags)),
+            repo_digests=tuple(sorted(repo_digests)),
+        )

@@ -16,8 +16,8 @@ import txredisapi
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from sdcd.store.interface import AlreadyExists, IStateStore, NotFound
-from sdcd.store.records import Account, KeyRecord
+from sdcd.store.interface import AlreadyExists, IImageRecords, IStateStore, NotFound
+from sdcd.store.records import Account, ImageRecord, KeyRecord
 
 _CREATE_ACCOUNT = """
 if redis.call('exists', KEYS[1]) == 1 then return 0 end
@@ -47,6 +47,81 @@ _ACCOUNT_AND_KEYS = """
 local raw = redis.call('get', KEYS[1])
 if not raw then return false end
 return {raw, redis.call('hvals', KEYS[2])}
+"""
+
+
+# Moving a name (tag or repo digest) from whatever it named to ``id``; the reverse index
+# inames:<login>:<id> lets an image's names be read without scanning.
+_MOVE_NAME = """
+local function move_name(names_key, inames_prefix, name, id)
+  local old = redis.call('hget', names_key, name)
+  if old == id then return false end
+  if old then redis.call('srem', inames_prefix .. old, name) end
+  redis.call('hset', names_key, name, id)
+  redis.call('sadd', inames_prefix .. id, name)
+  return old
+end
+"""
+
+_PUT_IMAGE = (
+    _MOVE_NAME
+    + """
+local id, raw, ref, prefix, inames = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local nnames = tonumber(ARGV[6])
+redis.call('hset', KEYS[1], id, raw)
+local lost = {}
+for i = 1, nnames do
+  local old = move_name(KEYS[2], inames, ARGV[6 + i], id)
+  if old then table.insert(lost, old) end
+end
+for i = 7 + nnames, #ARGV do
+  redis.call('sadd', prefix .. 'blobrefs:' .. ARGV[i], ref)
+end
+return lost
+"""
+)
+
+_TAG_IMAGE = (
+    _MOVE_NAME
+    + """
+if redis.call('hexists', KEYS[1], ARGV[1]) == 0 then return -1 end
+move_name(KEYS[2], ARGV[3], ARGV[2], ARGV[1])
+return 1
+"""
+)
+
+_UNTAG = """
+local old = redis.call('hget', KEYS[1], ARGV[1])
+if not old then return false end
+redis.call('hdel', KEYS[1], ARGV[1])
+redis.call('srem', ARGV[2] .. old, ARGV[1])
+return old
+"""
+
+_DELETE_IMAGE = """
+local id, ref, prefix, inames = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('hdel', KEYS[1], id) == 0 then return false end
+for _, name in ipairs(redis.call('smembers', inames .. id)) do
+  redis.call('hdel', KEYS[2], name)
+end
+redis.call('del', inames .. id)
+local orphaned = {}
+for i = 5, #ARGV do
+  local refs = prefix .. 'blobrefs:' .. ARGV[i]
+  redis.call('srem', refs, ref)
+  if redis.call('scard', refs) == 0 then table.insert(orphaned, ARGV[i]) end
+end
+return orphaned
+"""
+
+_LIST_IMAGES = """
+local out = {}
+local all = redis.call('hgetall', KEYS[1])
+for i = 1, #all, 2 do
+  table.insert(out, all[i + 1])
+  table.insert(out, redis.call('smembers', ARGV[1] .. all[i]))
+end
+return out
 """
 
 
@@ -80,7 +155,16 @@ def _sorted_keys(raws) -> list[KeyRecord]:
     return sorted(keys, key=lambda k: (k.name, k.fingerprint))
 
 
-@implementer(IStateStore)
+def _image(raw: str, names) -> ImageRecord:
+    names = list(names or [])
+    return ImageRecord.from_json(
+        json.loads(raw),
+        repo_tags=[n for n in names if "@" not in n],
+        repo_digests=[n for n in names if "@" in n],
+    )
+
+
+@implementer(IStateStore, IImageRecords)
 class RedisStateStore:
     """The state store over a connected txredisapi pool."""
 
@@ -155,6 +239,65 @@ class RedisStateStore:
         removed = await self._redis.hdel(self._key("account", login, "keys"), fingerprint)
         if not removed:
             raise NotFound(f"account {login} has no key {fingerprint}")
+
+    # -- images -------------------------------------------------------------------
+
+    def _image_keys(self, login: str) -> list[str]:
+        return [self._key("images", login), self._key("names", login)]
+
+    def _inames(self, login: str) -> str:
+        return self._key("inames", login) + ":"
+
+    async def put_image(self, login: str, image: ImageRecord, tags=(), digests=()):
+        names = [*tags, *digests]
+        lost = await self._redis.eval(
+            _PUT_IMAGE,
+            self._image_keys(login),
+            [image.id, json.dumps(image.to_json()), f"{login}/{image.id}", self._prefix,
+             self._inames(login), len(names), *names, *image.blobs],
+        )  # fmt: skip
+        return sorted(set(lost or []))
+
+    async def get_image(self, login: str, image_id: str):
+        raw = await self._redis.hget(self._key("images", login), image_id)
+        if raw is None:
+            return None
+        return _image(raw, await self._redis.smembers(self._inames(login) + image_id))
+
+    async def list_images(self, login: str):
+        flat = await self._redis.eval(_LIST_IMAGES, [self._key("images", login)],
+                                      [self._inames(login)])  # fmt: skip
+        flat = flat or []
+        return [_image(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def resolve_name(self, login: str, name: str):
+        return await self._redis.hget(self._key("names", login), name)
+
+    async def tag_image(self, login: str, image_id: str, tag: str):
+        done = await self._redis.eval(
+            _TAG_IMAGE, self._image_keys(login), [image_id, tag, self._inames(login)]
+        )
+        if done == -1:
+            raise NotFound(f"no such image: {image_id}")
+
+    async def untag(self, login: str, name: str):
+        return await self._redis.eval(
+            _UNTAG, [self._key("names", login)], [name, self._inames(login)]
+        )
+
+    async def delete_image(self, login: str, image_id: str):
+        image = await self.get_image(login, image_id)
+        if image is None:
+            raise NotFound(f"no such image: {image_id}")
+        orphaned = await self._redis.eval(
+            _DELETE_IMAGE,
+            self._image_keys(login),
+            [image_id, f"{login}/{image_id}", self._prefix, self._inames(login), *image.blobs],
+        )
+        return sorted(set(orphaned or []))
+
+    async def blob_referenced(self, digest: str) -> bool:
+        return bool(await self._redis.scard(self._key("blobrefs", digest)))
 
     def close(self):
         return self._redis.disconnect()

@@ -170,3 +170,10 @@ def test_works_without_sdcd_and_state_persists(tmp_path):
         assert len(json.loads(d.admin("--json", "key", "list", "early").stdout)) == 1
     finally:
         d.stop()
+
+
+def test_key_without_comment_is_named_by_fingerprint(sdcd):
+    sdcd.admin("account", "create", "nocomment")
+    line = " ".join(openssh_line(make_key("ed25519")).split()[:2])
+    added = json.loads(sdcd.admin("--json", "key", "add", "nocomment", line).stdout)[0]
+    assert added["name"] == added["fingerprint"]

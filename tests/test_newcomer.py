@@ -136,3 +136,92 @@ def test_helper_rejects_unregistered_key(sdcd, tmp_path):
     assert result.returncode != 0
     assert "invalid credentials" in (result.stdout + result.stderr).lower()
     assert not (home / ".sdc" / "docker" / "stranger" / "env.sh").exists()
+
+
+def pem_key(home: Path, kind: str) -> Path:
+    """A private key in PEM (PKCS#1/SEC1 via ssh-keygen, PKCS#8 via openssl)."""
+    path = home / ".ssh" / f"pem_{kind}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "ed25519":
+        subprocess.run(
+            ["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(path)], check=True
+        )
+        pub = subprocess.run(["ssh-keygen", "-y", "-f", str(path)], capture_output=True, text=True)
+        if pub.returncode != 0:  # older OpenSSH cannot read PKCS#8 Ed25519: derive it here
+            from cryptography.hazmat.primitives import serialization
+
+            key = serialization.load_pem_private_key(path.read_bytes(), None)
+            pub_line = (
+                key.public_key()
+                .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+                .decode()
+            )
+        else:
+            pub_line = pub.stdout.strip()
+        Path(f"{path}.pub").write_text(pub_line + "\n")
+        return path
+    kind_args = {"rsa": ["-t", "rsa"], "ecdsa-384": ["-t", "ecdsa", "-b", "384"]}[kind]
+    subprocess.run(["ssh-keygen", "-q", *kind_args, "-m", "PEM", "-N", "", "-f", str(path)],
+                   check=True)  # fmt: skip
+    assert path.read_text().startswith("-----BEGIN ")
+    return path
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda home: ssh_key(home, "ecdsa"),
+        lambda home: ssh_key_bits(home, "ecdsa", "384"),
+        lambda home: ssh_key_bits(home, "ecdsa", "521"),
+        lambda home: pem_key(home, "rsa"),
+        lambda home: pem_key(home, "ecdsa-384"),
+        lambda home: pem_key(home, "ed25519"),
+    ],
+    ids=["ecdsa256", "ecdsa384", "ecdsa521", "pem-rsa", "pem-ecdsa384", "pkcs8-ed25519"],
+)
+def test_helper_key_types_and_formats(sdcd, tmp_path, make):
+    home = tmp_path / "home"
+    key = make(home)
+    login = "k" + key.name.replace("_", "")
+    sdcd.admin("account", "create", login)
+    sdcd.admin("key", "add", login, "-f", f"{key}.pub")
+    result = setup_helper(sdcd, home, login, key, "-s")
+    assert result.returncode == 0, result.stderr
+    profile = home / ".sdc" / "docker" / login
+    assert f"export SDC_ACCOUNT={login}" in (profile / "env.sh").read_text()
+    from tests.clients import request
+
+    identity = (profile / "key.pem", profile / "cert.pem")
+    resp = request(sdcd.docker_port, "GET", "/info", ca=profile / "ca.pem", identity=identity)
+    assert ["SDCAccount", login] in resp.json()["DriverStatus"]
+
+
+def ssh_key_bits(home: Path, kind: str, bits: str) -> Path:
+    path = home / ".ssh" / f"id_{kind}{bits}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-b", bits, "-N", "", "-f", str(path)],
+                   check=True)  # fmt: skip
+    return path
+
+
+def test_helper_usage_errors(tmp_path):
+    env = user_env(tmp_path)
+    usage = subprocess.run(["bash", str(HELPER), "-h"], capture_output=True, text=True, env=env)
+    assert usage.returncode == 0 and "CLOUDAPI_URL ACCOUNT" in usage.stdout
+    for args in (["only-one"], ["-z", "a", "b", "c"], ["https://x", "acct", "/no/such/key"]):
+        result = subprocess.run(["bash", str(HELPER), *args], capture_output=True, text=True,
+                                env=env)  # fmt: skip
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr
+
+
+def test_helper_quiet_and_unreachable(tmp_path):
+    home = tmp_path / "home"
+    key = ssh_key(home, "ed25519")
+    result = subprocess.run(
+        ["bash", str(HELPER), "-q", "-k", "https://127.0.0.1:9", "acct", str(key)],
+        capture_output=True, text=True, env=user_env(home), timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "could not reach CloudAPI" in result.stderr
+    assert result.stdout == ""

@@ -18,7 +18,7 @@ from sdcd.store.records import Account, KeyRecord
 
 # Triton logins: a letter, then letters, digits and . _ @ -; 3 to 32 characters.
 LOGIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._@-]{2,31}$")
-KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@ -]{0,127}$")
+KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@: -]{0,127}$")
 
 
 def check_login(login: str) -> str:

@@ -62,6 +62,8 @@ class Config:
     clock_skew: int
     log_format: str
     log_file: Path | None
+    insecure_registries: tuple[str, ...] = ()
+    registry_timeout: int = 15
 
     @property
     def docker_url(self) -> str:
@@ -118,6 +120,12 @@ def _bool(value: Any, where: str) -> bool:
     return value
 
 
+def _host_list(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where} must be a list of host[:port] strings")
+    return tuple(value)
+
+
 def _choice(*choices: str) -> Callable[[Any, str], str]:
     def check(value: Any, where: str) -> str:
         if value not in choices:
@@ -161,6 +169,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any, str], Any], Any]]] = {
         "server": (_string, "redis-server"),
         "prefix": (_optional_string, "sdcd:"),
     },
+    "images": {
+        "insecure_registries": (_host_list, ()),
+        "registry_timeout": (_positive_int, 15),
+    },
     "log": {
         "format": (_choice("text", "json"), "text"),
         "file": (_optional_string, ""),
@@ -203,6 +215,7 @@ def parse(text: str, path: Path) -> Config:
     sections = {name: _section(raw, name) for name in SCHEMA}
     top, docker, cloud = sections[""], sections["docker"], sections["cloudapi"]
     tls, redis, log = sections["tls"], sections["redis"], sections["log"]
+    images = sections["images"]
     base = path.parent
     if bool(tls["cert"]) != bool(tls["key"]):
         raise ConfigError("tls.cert and tls.key must be given together")
@@ -222,6 +235,8 @@ def parse(text: str, path: Path) -> Config:
         clock_skew=cloud["clock_skew"],
         log_format=log["format"],
         log_file=_path(base, log["file"]),
+        insecure_registries=images["insecure_registries"],
+        registry_timeout=images["registry_timeout"],
     )
 
 

@@ -27,7 +27,10 @@ from sdcd.auth.accounts import Authenticator
 from sdcd.cloudapi.app import CloudAPI
 from sdcd.compute.host import host_facts
 from sdcd.core.accounts import AccountService
+from sdcd.core.images import ImageService
 from sdcd.core.system import SystemService
+from sdcd.images.blobstore import FileBlobStore
+from sdcd.images.registry import RegistryClient
 from sdcd.store import redis as redis_store
 from sdcd.store.embedded import EmbeddedRedis, EmbeddedRedisError
 
@@ -76,6 +79,7 @@ class SdcdService(service.MultiService):
         self.sites: dict[str, LoggingSite] = {}
         self.ports: dict[str, object] = {}
         self.store = None
+        self.registry = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def check(self) -> None:
@@ -134,7 +138,14 @@ class SdcdService(service.MultiService):
     def _wire(self, store) -> None:
         authenticator = Authenticator(store, time.time, self.config.clock_skew)
         system = SystemService(store, self.config.datacenter, host_facts())
-        api = DockerAPI(system)
+        blobs = FileBlobStore(self.config.data_dir / "blobs", self._reactor)
+        self.registry = RegistryClient(
+            self._reactor,
+            insecure=self.config.insecure_registries,
+            timeout=self.config.registry_timeout,
+        )
+        images = ImageService(store, blobs, self.registry)
+        api = DockerAPI(system, images)
         self.sites["docker"].resource = DockerRoot(api.resource(), authenticator, self._tls.ca_pem)
         if "cloudapi" in self.sites:
             accounts = AccountService(store, time.time)
@@ -149,6 +160,8 @@ class SdcdService(service.MultiService):
     async def _stop(self) -> None:
         for port in self.ports.values():
             await port.stopListening()
+        if self.registry is not None:
+            await self.registry.close()
         if self.store is not None:
             await self.store.close()
         if self.embedded is not None:

@@ -14,15 +14,40 @@ from twisted.python.failure import Failure
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
+from sdcd.api import images as render_images
 from sdcd.api import system as render_system
 from sdcd.api.errors import render_failure, write_json_error
+from sdcd.api.filters import image_filter, parse_filters
+from sdcd.api.streams import JSONStream, error_message
 from sdcd.api.versions import MAX_VERSION, render
+from sdcd.core.errors import CoreError, InvalidArgument, NotImplementedYet
+from sdcd.core.images import ImageService
 from sdcd.core.system import SystemService
+from sdcd.images.registry import Credentials, RegistryError
 
 
-def json_body(request, body: Any) -> bytes:
+def json_body(request, body: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     return json.dumps(body).encode() + b"\n"
+
+
+def arg(request, name: str, default: str | None = None) -> str | None:
+    """A query parameter as text (the last one if repeated)."""
+    values = request.args.get(name.encode())
+    return values[-1].decode("utf-8", "replace") if values else default
+
+
+def flag(request, name: str) -> bool:
+    """dockerd's boolean query values: 1/true/True are true; absent, 0, false are not."""
+    return (arg(request, name, "") or "").lower() in ("1", "true", "yes")
+
+
+def registry_credentials(request) -> Credentials | None:
+    try:
+        return Credentials.from_header(request.getHeader(b"x-registry-auth"))
+    except RegistryError as e:
+        raise InvalidArgument(e.message) from None
 
 
 class DockerAPI:
@@ -30,8 +55,9 @@ class DockerAPI:
 
     app = Klein()
 
-    def __init__(self, system: SystemService) -> None:
+    def __init__(self, system: SystemService, images: ImageService) -> None:
         self._system = system
+        self._images = images
 
     def resource(self):
         return self.app.resource()
@@ -65,6 +91,105 @@ class DockerAPI:
         return json_body(
             request, render_system.info_body(view, self._system.version, request.sdcd_version)
         )
+
+    @app.route("/images/create", methods=["POST"])
+    async def create_image(self, request) -> bytes:
+        """``docker pull``: streams progress; errors before the first message are HTTP errors."""
+        if arg(request, "fromSrc"):
+            raise NotImplementedYet("importing images (fromSrc) is not supported")
+        from_image = arg(request, "fromImage", "")
+        if not from_image:
+            raise InvalidArgument("fromImage is required")
+        creds = registry_credentials(request)
+        stream = JSONStream(request)
+        try:
+            await self._images.pull(
+                request.sdcd_account,
+                from_image,
+                arg(request, "tag") or None,
+                creds,
+                stream.progress,
+            )
+        except CoreError as e:
+            if not stream.started:
+                raise
+            stream.send(error_message(e.message))
+        return b""
+
+    @app.route("/images/json", methods=["GET"])
+    async def list_images(self, request) -> bytes:
+        filters = parse_filters(arg(request, "filters"))
+        keep = await image_filter(filters, request.sdcd_account, self._images)
+        images = await self._images.list(request.sdcd_account)
+        show_all = flag(request, "all")
+        digests = flag(request, "digests")
+        entries = []
+        for image in sorted(images, key=lambda i: i.added, reverse=True):
+            config = self._images.config(image)
+            if not keep(image, config):
+                continue
+            if (
+                not show_all
+                and not image.repo_tags
+                and not image.repo_digests
+                and "dangling" not in filters
+            ):
+                continue
+            entries.append(render_images.list_entry(image, config, digests))
+        return json_body(request, entries)
+
+    @app.route("/images/search", methods=["GET"])
+    async def search_images(self, request) -> bytes:
+        term = arg(request, "term", "")
+        if not term:
+            raise InvalidArgument("term is required")
+        try:
+            limit = int(arg(request, "limit", "25"))
+        except ValueError:
+            raise InvalidArgument("limit must be a whole number") from None
+        if not 1 <= limit <= 100:
+            raise InvalidArgument("limit must be between 1 and 100")
+        results = await self._images.search(
+            request.sdcd_account, term, limit, registry_credentials(request)
+        )
+        return json_body(request, results)
+
+    @app.route("/images/<path:name>/json", methods=["GET"])
+    async def inspect_image(self, request, name: str) -> bytes:
+        image = await self._images.resolve(request.sdcd_account, name)
+        body = render_images.inspect_body(image, self._images.config(image), request.sdcd_version)
+        return json_body(request, body)
+
+    @app.route("/images/<path:name>/history", methods=["GET"])
+    async def image_history(self, request, name: str) -> bytes:
+        image = await self._images.resolve(request.sdcd_account, name)
+        return json_body(request, render_images.history_body(image, self._images.config(image)))
+
+    @app.route("/images/<path:name>/tag", methods=["POST"])
+    async def tag_image(self, request, name: str) -> bytes:
+        repo = arg(request, "repo", "")
+        if not repo:
+            raise InvalidArgument("repository name (repo) is required")
+        await self._images.tag(request.sdcd_account, name, repo, arg(request, "tag"))
+        request.setResponseCode(201)
+        return b""
+
+    @app.route("/images/<path:name>", methods=["DELETE"])
+    async def remove_image(self, request, name: str) -> bytes:
+        report = await self._images.remove(request.sdcd_account, name, force=flag(request, "force"))
+        return json_body(request, report)
+
+    @app.route("/auth", methods=["POST"])
+    async def login(self, request) -> bytes:
+        """``docker login``: the registry itself judges the credentials."""
+        try:
+            body = json.loads(request.content.read(65536) or b"{}")
+        except ValueError:
+            raise InvalidArgument("malformed JSON body") from None
+        if not isinstance(body, dict):
+            raise InvalidArgument("malformed JSON body")
+        await self._images.login(request.sdcd_account, Credentials.from_json(body))
+        return json_body(request, {"Status": "Login Succeeded", "IdentityToken": ""})
 
 
 def common_headers(request, version: str) -> None:

@@ -1,0 +1,68 @@
+"""Streamed JSON responses (pull, push, load, build): dockerd's progress message format.
+
+The status line and headers are sent with the first message, so an error before any
+progress is still an ordinary HTTP error with its own status code, as with dockerd.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sdcd.core.images import Progress
+
+
+def progress_message(p: Progress) -> dict[str, Any]:
+    """One ``Progress`` as the JSON object the docker CLI draws progress bars from."""
+    message: dict[str, Any] = {"status": p.status}
+    if p.id is not None:
+        message["id"] = p.id
+        detail = {}
+        if p.current is not None:
+            detail["current"] = p.current
+            if p.total:
+                detail["total"] = p.total
+        message["progressDetail"] = detail
+        if p.current is not None and p.total:
+            message["progress"] = _bar(p.current, p.total)
+    return message
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}TB"
+
+
+def _bar(current: int, total: int) -> str:
+    width = 50
+    filled = min(width, int(width * current / total))
+    arrow = "=" * max(filled - 1, 0) + (">" if filled else "")
+    return f"[{arrow:<{width}}] {_size(current)}/{_size(total)}"
+
+
+def error_message(text: str) -> dict[str, Any]:
+    return {"errorDetail": {"message": text}, "error": text}
+
+
+class JSONStream:
+    """Writes newline-separated JSON objects to a request, starting the response on the
+    first one."""
+
+    def __init__(self, request) -> None:
+        self._request = request
+        self.started = False
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self._request.finished or getattr(self._request, "_disconnected", False):
+            return
+        if not self.started:
+            self.started = True
+            self._request.setResponseCode(200)
+            self._request.setHeader(b"content-type", b"application/json")
+        self._request.write(json.dumps(message).encode() + b"\r\n")
+
+    def progress(self, p: Progress) -> None:
+        self.send(progress_message(p))

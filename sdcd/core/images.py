@@ -1,0 +1,435 @@
+"""Images: what an account may pull, see, name and delete.
+
+Blobs are stored once for the datacenter (``IBlobStore``); each account has its own
+records (``IImageRecords``) over them. A pull reports progress as ``Progress`` events that
+the API renders in dockerd's JSON stream; layers download three at a time, and a layer
+that another pull is already fetching is waited for, not fetched twice.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from sdcd.core.errors import (
+    Conflict,
+    CoreError,
+    Forbidden,
+    InvalidArgument,
+    NotFound,
+    Unauthorized,
+)
+from sdcd.images import manifest as mf
+from sdcd.images import reference as refs
+from sdcd.images.blobstore import BlobError
+from sdcd.images.registry import (
+    Credentials,
+    RegistryError,
+    RegistryNotFound,
+    RegistryUnauthorized,
+)
+from sdcd.store.records import Account, ImageRecord, LayerRecord
+
+PARALLEL_DOWNLOADS = 3
+PROGRESS_EVERY = 512 * 1024
+
+
+@attrs.frozen
+class Progress:
+    """One line of a long operation's progress (rendered by the API as dockerd does)."""
+
+    status: str
+    id: str | None = None
+    current: int | None = None
+    total: int | None = None
+
+
+ProgressSink = Callable[[Progress], None]
+
+
+class PullError(CoreError):
+    """A pull failed after it started reporting progress."""
+
+
+def require_provisioning(account: Account) -> None:
+    """SDC's rule: an account not approved for provisioning may look, not pull or run."""
+    if not account.approved:
+        raise Forbidden(f"{account.login} does not have permission to pull or provision")
+
+
+def short_id(digest: str) -> str:
+    return digest.split(":", 1)[-1][:12]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _registry_problem(e: RegistryError, ref: refs.Reference) -> CoreError:
+    """dockerd's wording for the failures users meet most."""
+    if isinstance(e, RegistryNotFound | RegistryUnauthorized):
+        return NotFound(
+            f"pull access denied for {ref.familiar_name}, repository does not exist or may "
+            f"require 'docker login': {e.message}"
+        )
+    return PullError(e.message)
+
+
+class ImageService:
+    """Pull, list, inspect, tag and delete the images of one account at a time."""
+
+    def __init__(self, records, blobs, registry, clock: Callable[[], float] | None = None):
+        self._records = records
+        self._blobs = blobs
+        self._registry = registry
+        self._downloads: dict[str, _Shared] = {}
+        self._slots = defer.DeferredSemaphore(PARALLEL_DOWNLOADS)
+
+    # -- pull -------------------------------------------------------------------------
+
+    async def pull(
+        self,
+        account: Account,
+        from_image: str,
+        tag: str | None,
+        creds: Credentials | None,
+        progress: ProgressSink,
+    ) -> ImageRecord:
+        """Pull ``from_image[:tag]`` for the account. Errors before the first progress
+        event are ordinary errors; after it, ``PullError`` (the API streams it)."""
+        require_provisioning(account)
+        try:
+            ref = refs.parse_repository_and_tag(from_image, tag)
+        except refs.ReferenceError as e:
+            raise InvalidArgument(str(e)) from None
+        try:
+            manifest, manifest_digest = await self._resolve_manifest(ref, creds)
+        except mf.ManifestError as e:
+            raise InvalidArgument(str(e)) from None
+        except RegistryError as e:
+            raise _registry_problem(e, ref) from None
+        progress(Progress(f"Pulling from {ref.path}", id=ref.tag or ref.digest))
+        try:
+            return await self._pull_image(account, ref, manifest, manifest_digest, creds, progress)
+        except (RegistryError, BlobError, mf.ManifestError) as e:
+            raise PullError(getattr(e, "message", None) or str(e)) from None
+
+    async def _resolve_manifest(self, ref, creds):
+        """The image manifest for linux/amd64 and the digest to record for it."""
+        host, repo = ref.registry_host, ref.path
+        wanted = ref.digest or ref.tag
+        body, content_type, digest = await self._registry.get_manifest(
+            host, repo, wanted, mf.ACCEPT, creds
+        )
+        if ref.digest:
+            mf.verify_digest(body, ref.digest)
+        top_digest = ref.digest or digest or mf.digest_of(body)
+        parsed = mf.parse_manifest(body, content_type)
+        if isinstance(parsed, mf.ManifestList):
+            chosen = mf.choose_platform(parsed)
+            body, content_type, _ = await self._registry.get_manifest(
+                host, repo, chosen.digest, mf.ACCEPT, creds
+            )
+            mf.verify_digest(body, chosen.digest)
+            parsed = mf.parse_manifest(body, content_type)
+            if isinstance(parsed, mf.ManifestList):
+                raise mf.ManifestError("a manifest list may not point at another list")
+        return parsed, top_digest
+
+    async def _fetch_small(self, ref, digest: str, size: int, creds) -> bytes:
+        chunks: list[bytes] = []
+        received = [0]
+
+        def sink(data: bytes) -> None:
+            received[0] += len(data)
+            if received[0] > max(size, 0) + 1024 * 1024 or received[0] > 16 * 1024 * 1024:
+                raise BlobError(f"blob {digest} is larger than announced")
+            chunks.append(data)
+
+        await self._registry.fetch_blob(ref.registry_host, ref.path, digest, sink, creds)
+        data = b"".join(chunks)
+        mf.verify_digest(data, digest)
+        return data
+
+    async def _pull_image(self, account, ref, manifest, manifest_digest, creds, progress):
+        config_raw = await self._config(ref, manifest.config, creds)
+        config = mf.parse_config(config_raw)
+        mf.check_layers_match(manifest, config)
+        await self._layers(ref, manifest.layers, creds, progress)
+        image_id = manifest.config.digest
+        layers = tuple(
+            LayerRecord(d.digest, diff_id, d.size, d.media_type)
+            for d, diff_id in zip(manifest.layers, config.rootfs_diff_ids, strict=True)
+        )
+        record = ImageRecord(
+            id=image_id,
+            layers=layers,
+            created=config.created or "",
+            size=sum(layer.size for layer in layers),
+            added=_now(),
+        )
+        tag_name = str(ref) if ref.tag else None
+        had_it = tag_name is not None and (
+            await self._records.resolve_name(account.login, tag_name) == image_id
+        )
+        await self._records.put_image(
+            account.login, record, [tag_name] if tag_name else [], [f"{ref.name}@{manifest_digest}"]
+        )
+        progress(Progress(f"Digest: {manifest_digest}"))
+        shown = ref.familiar
+        if had_it:
+            progress(Progress(f"Status: Image is up to date for {shown}"))
+        else:
+            progress(Progress(f"Status: Downloaded newer image for {shown}"))
+        return record
+
+    async def _config(self, ref, descriptor, creds) -> bytes:
+        if self._blobs.has(descriptor.digest):
+            return self._blobs.read(descriptor.digest)
+        raw = await self._fetch_small(ref, descriptor.digest, descriptor.size, creds)
+        await self._blobs.put(descriptor.digest, raw)
+        return raw
+
+    async def _layers(self, ref, layers, creds, progress) -> None:
+        missing = []
+        for layer in layers:
+            if self._blobs.has(layer.digest):
+                progress(Progress("Already exists", id=short_id(layer.digest)))
+            elif layer.digest not in {d.digest for d in missing}:
+                progress(Progress("Pulling fs layer", id=short_id(layer.digest)))
+                missing.append(layer)
+        results = await defer.DeferredList(
+            [defer.ensureDeferred(self._layer(ref, layer, creds, progress)) for layer in missing],
+            consumeErrors=True,
+        )
+        for ok, result in results:
+            if not ok:
+                result.raiseException()
+
+    async def _layer(self, ref, layer, creds, progress) -> None:
+        """One layer: wait for another pull's download of it, or download it."""
+        lid = short_id(layer.digest)
+        shared = self._downloads.get(layer.digest)
+        if shared is not None:
+            progress(Progress("Waiting", id=lid))
+            await shared.wait()
+        else:
+            d = defer.ensureDeferred(self._download(ref, layer, creds, progress))
+            shared = self._downloads[layer.digest] = _Shared(d)
+            d.addBoth(lambda _: self._downloads.pop(layer.digest, None))
+            await shared.wait()
+        progress(Progress("Download complete", id=lid))
+        progress(Progress("Pull complete", id=lid))
+
+    async def _download(self, ref, layer, creds, progress) -> None:
+        await self._slots.acquire()
+        try:
+            await self._download_now(ref, layer, creds, progress)
+        finally:
+            self._slots.release()
+
+    async def _download_now(self, ref, layer, creds, progress) -> None:
+        lid = short_id(layer.digest)
+        writer = self._blobs.writer(layer.digest, layer.size if layer.size >= 0 else None)
+        reported = [0]
+
+        def sink(data: bytes) -> None:
+            writer.write(data)
+            if writer.received - reported[0] >= PROGRESS_EVERY:
+                reported[0] = writer.received
+                progress(Progress("Downloading", id=lid, current=writer.received,
+                                  total=layer.size))  # fmt: skip
+
+        try:
+            await self._registry.fetch_blob(
+                ref.registry_host, ref.path, layer.digest, sink, creds, attach=writer.attach
+            )
+            progress(Progress("Verifying Checksum", id=lid))
+            await writer.commit()
+        except BaseException:
+            await writer.abort()
+            raise
+
+    async def login(self, account: Account, creds: Credentials) -> None:
+        """``docker login``: ask the registry named by ``serveraddress`` (Docker Hub when
+        empty) whether it accepts the credentials."""
+        if not creds.username and not creds.identity_token:
+            raise InvalidArgument("username or identity token required")
+        host = _registry_host(creds.server_address)
+        try:
+            await self._registry.check_login(host, creds)
+        except RegistryUnauthorized as e:
+            raise Unauthorized(f"login attempt to {host} failed: {e.message}") from None
+        except RegistryError as e:
+            raise PullError(f"login to {host} failed: {e.message}") from None
+
+    async def search(self, account: Account, term: str, limit: int, creds) -> list[dict]:
+        """Repositories of the registry named in ``term`` whose name contains the rest,
+        from the registry's v2 catalog (Docker Hub's search API is not reachable from a
+        datacenter without internet; it fails with the registry's error)."""
+        host, _, query = term.partition("/") if _names_registry(term) else ("", "", term)
+        host = _registry_host(host)
+        try:
+            repositories = await self._registry.catalog(host, creds)
+        except RegistryError as e:
+            raise PullError(f"search on {host} failed: {e.message}") from None
+        prefix = "" if host == "registry-1.docker.io" else f"{host}/"
+        found = [r for r in repositories if query.lower() in r.lower()]
+        return [
+            {"name": prefix + r, "description": "", "star_count": 0,
+             "is_official": False, "is_automated": False}
+            for r in sorted(found)[:limit]
+        ]  # fmt: skip
+
+    # -- lookups ----------------------------------------------------------------------
+
+    async def resolve(self, account: Account, name: str) -> ImageRecord:
+        """An image of the account by name[:tag], name@digest, full or short id."""
+        image = await self._find(account, name)
+        if image is None:
+            raise NotFound(f"No such image: {name}")
+        return image
+
+    async def _find(self, account: Account, name: str) -> ImageRecord | None:
+        login = account.login
+        hexid = name.removeprefix("sha256:")
+        if re.fullmatch(r"[0-9a-f]{64}", hexid):
+            return await self._records.get_image(login, "sha256:" + hexid)
+        try:
+            ref = refs.parse(name)
+        except refs.ReferenceError:
+            ref = None
+        if ref is not None:
+            key = f"{ref.name}@{ref.digest}" if ref.digest else str(ref)
+            image_id = await self._records.resolve_name(login, key)
+            if image_id:
+                return await self._records.get_image(login, image_id)
+        if re.fullmatch(r"[0-9a-f]{1,63}", hexid):
+            found = [
+                i for i in await self._records.list_images(login) if i.id[7:].startswith(hexid)
+            ]
+            if len(found) > 1:
+                raise InvalidArgument(f"ambiguous image id prefix: {name}")
+            return found[0] if found else None
+        return None
+
+    async def list(self, account: Account) -> list[ImageRecord]:
+        return await self._records.list_images(account.login)
+
+    def config(self, image: ImageRecord) -> dict[str, Any]:
+        """The image's config document (a small blob)."""
+        return json.loads(self._blobs.read(image.id))
+
+    # -- names ------------------------------------------------------------------------
+
+    async def tag(self, account: Account, name: str, repo: str, tag: str | None) -> str:
+        image = await self.resolve(account, name)
+        try:
+            target = refs.parse_repository_and_tag(repo, tag or None)
+        except refs.ReferenceError as e:
+            raise InvalidArgument(str(e)) from None
+        if target.digest:
+            raise InvalidArgument("refusing to create a tag with a digest reference")
+        await self._records.tag_image(account.login, image.id, str(target))
+        return str(target)
+
+    async def remove(self, account: Account, name: str, force: bool = False) -> list[dict]:
+        """``docker rmi``: untag a name; delete the image once nothing names it (or on
+        an id, if it has at most one repository or ``force``). Returns dockerd's list of
+        ``{"Untagged": ...}``/``{"Deleted": ...}``."""
+        image = await self.resolve(account, name)
+        by_name = self._is_name(name, image)
+        report: list[dict] = []
+        if by_name:
+            key = self._name_key(name)
+            await self._records.untag(account.login, key)
+            report.append({"Untagged": refs.parse(name).familiar if "@" not in key else key})
+            image = await self._records.get_image(account.login, image.id)
+            if image is None or image.repo_tags:
+                return report
+        else:
+            repos = {t.rsplit(":", 1)[0] for t in image.repo_tags}
+            if len(repos) > 1 and not force:
+                raise Conflict(
+                    f"conflict: unable to delete {short_id(image.id)} (must be forced) - image "
+                    "is referenced in multiple repositories"
+                )
+            for name_ in (*image.repo_tags, *image.repo_digests):
+                await self._records.untag(account.login, name_)
+                report.append({"Untagged": _familiar(name_)})
+        orphaned = await self._records.delete_image(account.login, image.id)
+        report.append({"Deleted": image.id})
+        for digest in orphaned:
+            await self._blobs.delete(digest)
+        return report
+
+    @staticmethod
+    def _is_name(name: str, image: ImageRecord) -> bool:
+        hexid = name.removeprefix("sha256:")
+        return not (re.fullmatch(r"[0-9a-f]{1,64}", hexid) and image.id[7:].startswith(hexid))
+
+    @staticmethod
+    def _name_key(name: str) -> str:
+        ref = refs.parse(name)
+        return f"{ref.name}@{ref.digest}" if ref.digest else str(ref)
+
+
+def _names_registry(term: str) -> bool:
+    first = term.split("/", 1)[0]
+    return "/" in term and ("." in first or ":" in first or first == "localhost")
+
+
+def _registry_host(server_address: str) -> str:
+    """``https://index.docker.io/v1/`` or ``host:port`` (with or without a scheme)."""
+    address = server_address.strip()
+    for prefix in ("https://", "http://"):
+        address = address.removeprefix(prefix)
+    host = address.split("/", 1)[0]
+    if not host or host in ("index.docker.io", "docker.io", "registry-1.docker.io"):
+        return "registry-1.docker.io"
+    return host
+
+
+def _familiar(name: str) -> str:
+    try:
+        ref = refs.parse(name, default_tag=None)
+    except refs.ReferenceError:
+        return name
+    return ref.familiar
+
+
+class _Shared:
+    """One download's outcome, awaited by every pull that needs that layer."""
+
+    def __init__(self, d: defer.Deferred) -> None:
+        self._outcome: tuple[bool, Any] | None = None
+        self._waiters: list[defer.Deferred] = []
+        d.addBoth(self._fire)
+
+    def _fire(self, result) -> None:
+        self._outcome = (not isinstance(result, Failure), result)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            self._deliver(waiter)
+
+    def _deliver(self, waiter: defer.Deferred) -> None:
+        ok, result = self._outcome
+        if ok:
+            waiter.callback(result)
+        else:
+            waiter.errback(result)
+
+    def wait(self) -> defer.Deferred:
+        waiter: defer.Deferred = defer.Deferred()
+        if self._outcome is None:
+            self._waiters.append(waiter)
+        else:
+            self._deliver(waiter)
+        return waiter

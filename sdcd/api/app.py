@@ -165,6 +165,24 @@ class DockerAPI:
         image = await self._images.resolve(request.sdcd_account, name)
         return json_body(request, render_images.history_body(image, self._images.config(image)))
 
+    @app.route("/images/<path:name>/push", methods=["POST"])
+    async def push_image(self, request, name: str) -> bytes:
+        """``docker push``: progress, then an ``aux`` message per tag, as dockerd sends."""
+        creds = registry_credentials(request)
+        stream = JSONStream(request)
+        try:
+            pushed = await self._images.push(
+                request.sdcd_account, name, arg(request, "tag") or None, creds, stream.progress
+            )
+        except CoreError as e:
+            if not stream.started:
+                raise
+            stream.send(error_message(e.message))
+            return b""
+        for aux in pushed:
+            stream.send({"progressDetail": {}, "aux": aux})
+        return b""
+
     @app.route("/images/<path:name>/tag", methods=["POST"])
     async def tag_image(self, request, name: str) -> bytes:
         repo = arg(request, "repo", "")

@@ -244,8 +244,7 @@ class ImageService:
             writer.write(data)
             if writer.received - reported[0] >= PROGRESS_EVERY:
                 reported[0] = writer.received
-                progress(Progress("Downloading", id=lid, current=writer.received,
-                                  total=layer.size))  # fmt: skip
+                progress(Progress("Downloading", id=lid, current=writer.received, total=layer.size))
 
         try:
             await self._registry.fetch_blob(
@@ -256,6 +255,111 @@ class ImageService:
         except BaseException:
             await writer.abort()
             raise
+
+    # -- push -------------------------------------------------------------------------
+
+    async def push(
+        self, account: Account, name: str, tag: str | None, creds, progress: ProgressSink
+    ) -> list[dict]:
+        """``docker push``: every tag of the repository (or the one given). Blobs the
+        registry has are skipped (HEAD), the rest uploaded; then the manifest."""
+        require_provisioning(account)
+        try:
+            repo = refs.parse(name, default_tag=None)
+        except refs.ReferenceError as e:
+            raise InvalidArgument(str(e)) from None
+        if repo.digest:
+            raise InvalidArgument("cannot push a digest reference")
+        tags = [tag] if tag else ([repo.tag] if repo.tag else await self._tags_of(account, repo))
+        if not tags:
+            raise NotFound(f"An image does not exist locally with the tag: {repo.familiar_name}")
+        images = []
+        for t in tags:
+            image = await self._find(account, str(repo.with_tag(t)))
+            if image is None:
+                raise NotFound(f"tag does not exist: {repo.familiar_name}:{t}")
+            images.append((t, image))
+        progress(
+            Progress(f"The push refers to repository [{repo.name.removeprefix('docker.io/')}]")
+        )
+        pushed = []
+        for t, image in images:
+            try:
+                pushed.append(await self._push_one(account, repo, t, image, creds, progress))
+            except (RegistryError, BlobError) as e:
+                raise PullError(getattr(e, "message", None) or str(e)) from None
+        return pushed
+
+    async def _tags_of(self, account: Account, repo) -> list[str]:
+        prefix = repo.name + ":"
+        return sorted(
+            tag[len(prefix) :]
+            for image in await self._records.list_images(account.login)
+            for tag in image.repo_tags
+            if tag.startswith(prefix)
+        )
+
+    async def _push_one(self, account, repo, tag, image, creds, progress) -> dict:
+        host, path = repo.registry_host, repo.path
+        source = _mount_source(image, repo)
+        for layer in image.layers:
+            await self._push_blob(host, path, layer.digest, creds, progress, True, source)
+        await self._push_blob(host, path, image.id, creds, progress, False, source)
+        body = self._manifest_for(image)
+        digest = await self._registry.put_manifest(
+            host, path, tag, body, mf.DOCKER_MANIFEST, creds
+        ) or mf.digest_of(body)
+        await self._records.put_image(account.login, image, [], [f"{repo.name}@{digest}"])
+        progress(Progress(f"{tag}: digest: {digest} size: {len(body)}"))
+        return {"Tag": tag, "Digest": digest, "Size": len(body)}
+
+    async def _push_blob(self, host, path, digest, creds, progress, show, source) -> None:
+        lid = short_id(digest)
+        if show:
+            progress(Progress("Preparing", id=lid))
+        if await self._registry.blob_exists(host, path, digest, creds):
+            if show:
+                progress(Progress("Layer already exists", id=lid))
+            return
+        location = await self._registry.start_upload(host, path, digest, creds, source)
+        if location is None:
+            if show:
+                progress(Progress(f"Mounted from {source}", id=lid))
+            return
+        size = self._blobs.size(digest)
+        if show:
+            progress(Progress("Pushing", id=lid, current=0, total=size))
+        blob_path = self._blobs.path(digest)
+
+        def body():
+            from twisted.web.client import FileBodyProducer
+
+            return FileBodyProducer(open(blob_path, "rb"))
+
+        await self._registry.finish_upload(host, path, location, digest, body, creds)
+        if show:
+            progress(Progress("Pushed", id=lid))
+
+    def _manifest_for(self, image: ImageRecord) -> bytes:
+        """A Docker v2 schema 2 manifest for a record (its config and layers as stored)."""
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": mf.DOCKER_MANIFEST,
+            "config": {
+                "mediaType": mf.DOCKER_CONFIG,
+                "size": self._blobs.size(image.id),
+                "digest": image.id,
+            },
+            "layers": [
+                {
+                    "mediaType": _docker_layer_type(layer.media_type),
+                    "size": layer.size,
+                    "digest": layer.digest,
+                }
+                for layer in image.layers
+            ],
+        }
+        return json.dumps(manifest, indent=3).encode()
 
     async def login(self, account: Account, creds: Credentials) -> None:
         """``docker login``: ask the registry named by ``serveraddress`` (Docker Hub when
@@ -283,10 +387,15 @@ class ImageService:
         prefix = "" if host == "registry-1.docker.io" else f"{host}/"
         found = [r for r in repositories if query.lower() in r.lower()]
         return [
-            {"name": prefix + r, "description": "", "star_count": 0,
-             "is_official": False, "is_automated": False}
+            {
+                "name": prefix + r,
+                "description": "",
+                "star_count": 0,
+                "is_official": False,
+                "is_automated": False,
+            }
             for r in sorted(found)[:limit]
-        ]  # fmt: skip
+        ]
 
     # -- lookups ----------------------------------------------------------------------
 
@@ -379,6 +488,27 @@ class ImageService:
     def _name_key(name: str) -> str:
         ref = refs.parse(name)
         return f"{ref.name}@{ref.digest}" if ref.digest else str(ref)
+
+
+def _mount_source(image: ImageRecord, target) -> str | None:
+    """Another repository of the same registry that the image came from: the registry
+    can mount its blobs instead of receiving them again."""
+    for name in image.repo_digests:
+        try:
+            ref = refs.parse(name, default_tag=None)
+        except refs.ReferenceError:
+            continue
+        if ref.domain == target.domain and ref.path != target.path:
+            return ref.path
+    return None
+
+
+def _docker_layer_type(media_type: str) -> str:
+    """Layers keep their media type, but OCI gzip layers are named the Docker way in
+    the Docker manifest we write."""
+    if media_type in (mf.OCI_LAYER_GZIP, mf.DOCKER_LAYER):
+        return mf.DOCKER_LAYER
+    return media_type
 
 
 def _names_registry(term: str) -> bool:

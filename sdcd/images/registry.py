@@ -105,8 +105,10 @@ _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 def parse_challenge(value: str) -> tuple[str, dict[str, str]]:
     """``Bearer realm="...",service="..."`` -> ("bearer", {...})."""
     scheme, _, rest = value.strip().partition(" ")
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-              for m in _PARAM.finditer(rest)}  # fmt: skip
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in _PARAM.finditer(rest)
+    }
     return scheme.lower(), params
 
 
@@ -211,9 +213,14 @@ class RegistryClient:
     async def _send(self, method: str, url: str, headers: dict, data=None, stream=False):
         try:
             return await self._http.request(
-                method, url, headers=headers, data=data, timeout=self._timeout,
-                unbuffered=stream, allow_redirects=method in ("GET", "HEAD"),
-            )  # fmt: skip
+                method,
+                url,
+                headers=headers,
+                data=data,
+                timeout=self._timeout,
+                unbuffered=stream,
+                allow_redirects=method in ("GET", "HEAD"),
+            )
         except defer.CancelledError:
             raise RegistryUnreachable(f"no answer from {url} within {self._timeout:.0f}s") from None
         except (error.ConnectError, error.DNSLookupError, ResponseFailed, OSError) as e:
@@ -256,7 +263,7 @@ class RegistryClient:
         cached = self._tokens.get(token_key)
         if cached and cached[1] > time.monotonic():
             headers["Authorization"] = cached[0]
-        response = await self._raw(method, host, path, headers, data, stream)
+        response = await self._raw(method, host, path, headers, _body(data), stream)
         if response.code != 401:
             return response
         challenge = response.headers.getRawHeaders("www-authenticate", [""])[0]
@@ -266,9 +273,7 @@ class RegistryClient:
             raise RegistryUnauthorized(f"{host}: authentication required", 401)
         self._tokens[token_key] = (authorization, time.monotonic() + lifetime)
         headers["Authorization"] = authorization
-        if callable(getattr(data, "rewind", None)):
-            data.rewind()
-        return await self._raw(method, host, path, headers, data, stream)
+        return await self._raw(method, host, path, headers, _body(data), stream)
 
     async def _authorize(self, host, challenge, scope, creds) -> tuple[str | None, float]:
         scheme, params = parse_challenge(challenge)
@@ -308,12 +313,18 @@ class RegistryClient:
         return _bearer(body)
 
     async def _refresh_token(self, realm, query, creds) -> tuple[str, float]:
-        form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
-                "client_id": "sdcd", **query}  # fmt: skip
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": creds.identity_token,
+            "client_id": "sdcd",
+            **query,
+        }
         response = await self._send(
-            "POST", realm, {"Content-Type": "application/x-www-form-urlencoded"},
+            "POST",
+            realm,
+            {"Content-Type": "application/x-www-form-urlencoded"},
             urlencode(form).encode(),
-        )  # fmt: skip
+        )
         body = await response.content()
         if response.code in (400, 401, 403):
             raise RegistryUnauthorized(_error_text(body) or "identity token refused", 401)
@@ -338,10 +349,13 @@ class RegistryClient:
     ) -> tuple[bytes, str, str | None]:
         """(body, content type, Docker-Content-Digest) of a manifest by tag or digest."""
         response = await self.request(
-            "GET", host, f"/v2/{repo}/manifests/{reference}",
-            scope=f"repository:{repo}:pull", creds=creds,
+            "GET",
+            host,
+            f"/v2/{repo}/manifests/{reference}",
+            scope=f"repository:{repo}:pull",
+            creds=creds,
             headers={"Accept": ", ".join(accept)},
-        )  # fmt: skip
+        )
         body = await response.content()
         await _check(response, body, f"{host}/{repo}:{reference}")
         content_type = response.headers.getRawHeaders("content-type", [""])[0]
@@ -354,9 +368,13 @@ class RegistryClient:
         """Stream a blob into ``sink(bytes)``; ``attach(producer)`` is called with the
         response's producer so a slow sink can pause it."""
         response = await self.request(
-            "GET", host, f"/v2/{repo}/blobs/{digest}",
-            scope=f"repository:{repo}:pull", creds=creds, stream=True,
-        )  # fmt: skip
+            "GET",
+            host,
+            f"/v2/{repo}/blobs/{digest}",
+            scope=f"repository:{repo}:pull",
+            creds=creds,
+            stream=True,
+        )
         if response.code != 200:
             body = await response.content()
             await _check(response, body, f"{host}/{repo}@{digest}")
@@ -369,14 +387,78 @@ class RegistryClient:
 
     async def blob_exists(self, host: str, repo: str, digest: str, creds=None) -> bool:
         response = await self.request(
-            "HEAD", host, f"/v2/{repo}/blobs/{digest}",
-            scope=f"repository:{repo}:pull,push", creds=creds,
-        )  # fmt: skip
+            "HEAD",
+            host,
+            f"/v2/{repo}/blobs/{digest}",
+            scope=f"repository:{repo}:pull,push",
+            creds=creds,
+        )
         await _discard(response)
         if response.code == 404:
             return False
         await _check(response, b"", f"{host}/{repo}@{digest}")
         return True
+
+    async def start_upload(
+        self, host: str, repo: str, digest: str, creds=None, mount_from: str | None = None
+    ) -> str | None:
+        """Begin a blob upload; None when the registry mounted the blob from
+        ``mount_from`` (another repository of it) instead, else the upload URL."""
+        query = f"?mount={digest}&from={mount_from}" if mount_from else ""
+        scope = f"repository:{repo}:pull,push"
+        if mount_from:
+            scope += f" repository:{mount_from}:pull"
+        response = await self.request(
+            "POST", host, f"/v2/{repo}/blobs/uploads/{query}", scope=scope, creds=creds
+        )
+        body = await response.content()
+        if response.code == 201 and mount_from:
+            return None
+        if response.code != 202:
+            await _check(response, body, f"{host}/{repo} upload")
+            raise RegistryError(f"{host}/{repo}: upload not started ({response.code})")
+        location = response.headers.getRawHeaders("location", [""])[0]
+        if not location:
+            raise RegistryError(f"{host}/{repo}: upload started without a Location")
+        return location
+
+    async def finish_upload(
+        self, host: str, repo: str, location: str, digest: str, producer, creds=None
+    ) -> None:
+        """PUT the whole blob to the upload URL; ``producer`` makes a fresh
+        IBodyProducer each time it is called."""
+        if location.startswith(("http://", "https://")):
+            path = "/" + location.split("://", 1)[1].split("/", 1)[1]
+        else:
+            path = location
+        path += ("&" if "?" in path else "?") + f"digest={digest}"
+        response = await self.request(
+            "PUT",
+            host,
+            path,
+            scope=f"repository:{repo}:pull,push",
+            creds=creds,
+            headers={"Content-Type": "application/octet-stream"},
+            data=producer,
+        )
+        body = await response.content()
+        await _check(response, body, f"{host}/{repo}@{digest}")
+
+    async def put_manifest(
+        self, host: str, repo: str, tag: str, body: bytes, media_type: str, creds=None
+    ) -> str | None:
+        response = await self.request(
+            "PUT",
+            host,
+            f"/v2/{repo}/manifests/{tag}",
+            scope=f"repository:{repo}:pull,push",
+            creds=creds,
+            headers={"Content-Type": media_type},
+            data=body,
+        )
+        text = await response.content()
+        await _check(response, text, f"{host}/{repo}:{tag}")
+        return response.headers.getRawHeaders("docker-content-digest", [None])[0]
 
     async def catalog(self, host: str, creds=None, limit: int = 1000) -> list[str]:
         response = await self.request(
@@ -388,6 +470,12 @@ class RegistryClient:
             return [r for r in json.loads(body).get("repositories") or [] if isinstance(r, str)]
         except (ValueError, AttributeError):
             raise RegistryError(f"{host}: malformed catalog") from None
+
+
+def _body(data):
+    """Request bodies may be given as a factory (a file producer), so that a request
+    repeated after an authentication challenge sends the whole body again."""
+    return data() if callable(data) else data
 
 
 def _bearer(body: bytes) -> tuple[str, float]:

@@ -1,0 +1,411 @@
+"""Images through sdcd with the real docker CLI against Debian's docker-registry on
+loopback: pull, list, inspect, history, tag, rmi, push, search, login; tenancy and
+failures (unknown names, wrong password, unreachable registry, corrupted blob)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from tests.clients import make_cert, make_key, openssh_line, request, write_identity
+from tests.conftest import Daemon, free_port, wait_for
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Registry:
+    """Debian's docker-registry on loopback, anonymous or behind htpasswd Basic auth."""
+
+    def __init__(self, root: Path, users: dict[str, str] | None = None) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}"
+        self.auth = None
+        config = (
+            f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.host}\n"
+        )
+        if users:
+            lines = [
+                f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(5)).decode()}"
+                for u, p in users.items()
+            ]
+            (root / "htpasswd").write_text("\n".join(lines) + "\n")
+            config += f"auth:\n  htpasswd:\n    realm: sdcd-test\n    path: {root / 'htpasswd'}\n"
+            self.auth = next(iter(users.items()))
+        (root / "config.yml").write_text(config)
+        self.proc = subprocess.Popen(
+            ["docker-registry", "serve", str(root / "config.yml")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._up, 20)
+
+    def _up(self) -> bool:
+        try:
+            urllib.request.urlopen(f"{self.url}/v2/", timeout=1)
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    def _open(self, method: str, url: str, data: bytes | None = None, headers=None):
+        req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+        if self.auth:
+            import base64
+
+            token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        return urllib.request.urlopen(req, timeout=30)
+
+    def put_blob(self, repo: str, data: bytes) -> None:
+        location = self._open("POST", f"{self.url}/v2/{repo}/blobs/uploads/").headers["Location"]
+        if location.startswith("/"):
+            location = self.url + location
+        sep = "&" if "?" in location else "?"
+        self._open(
+            "PUT",
+            f"{location}{sep}digest={digest(data)}",
+            data,
+            {"Content-Type": "application/octet-stream"},
+        )
+
+    def push(self, repo: str, tag: str, layers: list[bytes], config: dict) -> tuple[str, str]:
+        """Push gzip layers (given uncompressed) and a config; (manifest digest, image id)."""
+        gz = [gzip.compress(raw, mtime=0) for raw in layers]
+        config = {**config, "rootfs": {"type": "layers", "diff_ids": [digest(r) for r in layers]}}
+        config_raw = json.dumps(config).encode()
+        for blob in [*gz, config_raw]:
+            self.put_blob(repo, blob)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "size": len(config_raw),
+                    "digest": digest(config_raw),
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                        "size": len(b),
+                        "digest": digest(b),
+                    }
+                    for b in gz
+                ],
+            }
+        ).encode()
+        self._open(
+            "PUT",
+            f"{self.url}/v2/{repo}/manifests/{tag}",
+            manifest,
+            {"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"},
+        )
+        return digest(manifest), digest(config_raw)
+
+    def blob_file(self, blob_digest: str) -> Path:
+        hexd = blob_digest[7:]
+        return self.root / "data/docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def tar_layer(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o755, 0
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in sorted((links or {}).items()):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.mtime = tarfile.SYMTYPE, target, 0
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def busybox_layers() -> list[bytes]:
+    base = tar_layer(
+        {"bin/busybox": Path("/bin/busybox").read_bytes()},
+        {"bin/sh": "busybox", "bin/echo": "busybox"},
+    )
+    extra = tar_layer({"data/a": b"a\n", "data/dir/x": b"x\n"})
+    return [base, extra]
+
+
+CONFIG = {
+    "architecture": "amd64",
+    "os": "linux",
+    "created": "2026-01-02T03:04:05Z",
+    "config": {
+        "Cmd": ["sh"],
+        "Env": ["PATH=/bin"],
+        "WorkingDir": "/data",
+        "Labels": {"com.example.kind": "test"},
+        "ExposedPorts": {"80/tcp": {}},
+    },
+    "history": [
+        {"created": "2026-01-02T03:04:05Z", "created_by": "ADD busybox /bin/"},
+        {"created": "2026-01-02T03:04:05Z", "created_by": "ENV PATH=/bin", "empty_layer": True},
+        {"created": "2026-01-02T03:04:05Z", "created_by": "COPY data /data"},
+    ],
+}
+
+
+class User:
+    """An account with a client identity, using the real docker CLI."""
+
+    def __init__(self, sdcd: Daemon, root: Path, login: str, approved: bool = True) -> None:
+        key = make_key("ecdsa-256")
+        sdcd.admin("account", "create", login, *(["--approved"] if approved else []))
+        sdcd.admin("key", "add", login, openssh_line(key))
+        self.certs = root / login
+        self.identity = write_identity(self.certs, key, make_cert(key, login))
+        shutil.copy(sdcd.ca_path, self.certs / "ca.pem")
+        self.sdcd = sdcd
+        self.home = root / f"{login}-home"
+        self.home.mkdir()
+
+    def docker(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        env.update(
+            DOCKER_HOST=self.sdcd.docker_host,
+            DOCKER_TLS_VERIFY="1",
+            DOCKER_CERT_PATH=str(self.certs),
+            HOME=str(self.home),
+        )
+        return subprocess.run(
+            ["docker", *args], capture_output=True, text=True, env=env, timeout=timeout
+        )
+
+    def ok(self, *args: str) -> str:
+        result = self.docker(*args)
+        assert result.returncode == 0, f"docker {args}: {result.stderr}"
+        return result.stdout
+
+    def api(self, method: str, path: str):
+        return request(
+            self.sdcd.docker_port, method, path, ca=self.sdcd.ca_path, identity=self.identity
+        )
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    reg = Registry(tmp_path_factory.mktemp("registry"))
+    reg.manifest_digest, reg.image_id = reg.push("busybox", "latest", busybox_layers(), CONFIG)
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="module")
+def sdcd(tmp_path_factory):
+    d = Daemon(tmp_path_factory.mktemp("images"))
+    d.start()
+    yield d
+    d.stop()
+
+
+_counter = iter(range(1000))
+
+
+@pytest.fixture
+def user(sdcd, tmp_path):
+    return User(sdcd, tmp_path, f"img{next(_counter)}")
+
+
+def blob_files(sdcd: Daemon) -> set[str]:
+    return {p.name for p in (sdcd.data_dir / "blobs" / "sha256").iterdir()}
+
+
+def test_pull_list_inspect_history(user, registry):
+    name = f"{registry.host}/busybox"
+    out = user.ok("pull", name)
+    assert "Pull complete" in out and f"Digest: {registry.manifest_digest}" in out
+    assert f"Status: Downloaded newer image for {name}:latest" in out
+    assert "Status: Image is up to date" in user.ok("pull", name)
+    listed = user.ok("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}")
+    assert f"{name}:latest {registry.image_id[7:19]}" in listed
+    inspect = json.loads(user.ok("image", "inspect", name))[0]
+    assert inspect["Id"] == registry.image_id
+    assert inspect["RepoDigests"] == [f"{name}@{registry.manifest_digest}"]
+    assert inspect["Config"]["WorkingDir"] == "/data"
+    assert len(inspect["RootFS"]["Layers"]) == 2
+    for ref in (registry.image_id, registry.image_id[7:19], f"{name}@{registry.manifest_digest}"):
+        assert json.loads(user.ok("image", "inspect", ref))[0]["Id"] == registry.image_id
+    history = user.ok("history", "--no-trunc", "--format", "{{.CreatedBy}}", name).split("\n")
+    assert history[:3] == ["COPY data /data", "ENV PATH=/bin", "ADD busybox /bin/"]
+    labelled = user.ok("images", "-q", "--filter", "label=com.example.kind=test")
+    assert registry.image_id[7:19] in labelled
+    assert user.ok("images", "-q", "--filter", "label=nope") == ""
+
+
+def test_tag_rmi_and_garbage(user, registry, sdcd):
+    name = f"{registry.host}/busybox"
+    user.ok("pull", name)
+    user.ok("tag", name, "mine/thing:v1")
+    assert "mine/thing:v1" in user.ok("images", "--format", "{{.Repository}}:{{.Tag}}")
+    assert "Untagged: mine/thing:v1" in user.ok("rmi", "mine/thing:v1")
+    assert user.ok("images", "-q")  # still there under its other tag
+    out = user.ok("rmi", name)
+    assert f"Deleted: {registry.image_id}" in out
+    assert user.ok("images", "-q") == ""
+    no_such = user.docker("image", "inspect", name)
+    assert no_such.returncode != 0 and "No such image" in no_such.stderr
+
+
+def test_rmi_by_id_with_two_repositories_needs_force(user, registry):
+    name = f"{registry.host}/busybox"
+    user.ok("pull", name)
+    user.ok("tag", name, "other:1")
+    refused = user.docker("rmi", registry.image_id[7:19])
+    assert refused.returncode != 0 and "must be forced" in refused.stderr
+    assert "Deleted" in user.ok("rmi", "-f", registry.image_id[7:19])
+
+
+def test_tenancy(sdcd, tmp_path, registry):
+    alice, bob = User(sdcd, tmp_path, "alicei"), User(sdcd, tmp_path, "bobi")
+    name = f"{registry.host}/busybox"
+    alice.ok("pull", name)
+    alice.ok("tag", name, "secret:1")
+    before = blob_files(sdcd)
+    assert bob.ok("images", "-q") == ""
+    for args in (
+        ("image", "inspect", "secret:1"),
+        ("image", "inspect", registry.image_id),
+        ("rmi", "secret:1"),
+        ("tag", "secret:1", "stolen:1"),
+        ("push", "secret:1"),
+    ):
+        result = bob.docker(*args)
+        assert result.returncode != 0, args
+        assert "No such image" in result.stderr or "does not exist" in result.stderr, result.stderr
+    out = bob.ok("pull", name)
+    assert "Already exists" in out and "Downloading" not in out
+    assert blob_files(sdcd) == before
+    bob.ok("rmi", name)
+    assert "secret:1" in alice.ok("images", "--format", "{{.Repository}}:{{.Tag}}")
+    assert blob_files(sdcd) == before  # alice still references every blob
+
+
+def test_unapproved_account_may_not_pull(sdcd, tmp_path, registry):
+    viewer = User(sdcd, tmp_path, "viewer", approved=False)
+    result = viewer.docker("pull", f"{registry.host}/busybox")
+    assert result.returncode != 0
+    assert "viewer does not have permission to pull or provision" in result.stderr
+    assert viewer.ok("images", "-q") == ""
+
+
+def test_unknown_image_and_tag(user, registry):
+    for name in (f"{registry.host}/nothere", f"{registry.host}/busybox:nosuchtag"):
+        result = user.docker("pull", name)
+        assert result.returncode != 0
+        assert "manifest unknown" in result.stderr or "not found" in result.stderr, result.stderr
+    assert user.ok("images", "-q") == ""
+
+
+def test_unreachable_registry_fails_fast(user):
+    started = time.monotonic()
+    result = user.docker("pull", f"127.0.0.1:{free_port()}/busybox")
+    assert result.returncode != 0 and "cannot reach" in result.stderr
+    assert time.monotonic() - started < 15
+
+
+def test_corrupted_blob_stores_nothing(user, registry, sdcd, tmp_path):
+    corrupt = Registry(tmp_path / "corrupt")
+    try:
+        layer = tar_layer({"data/big": os.urandom(300_000)})
+        _, image_id = corrupt.push("broken", "latest", [layer], {**CONFIG, "history": []})
+        blob = corrupt.blob_file(digest(gzip.compress(layer, mtime=0)))
+        data = bytearray(blob.read_bytes())
+        data[1000] ^= 0xFF
+        blob.write_bytes(bytes(data))
+        before = blob_files(sdcd)
+        result = user.docker("pull", f"{corrupt.host}/broken")
+        assert result.returncode != 0 and "digest mismatch" in result.stderr, result.stderr
+        assert user.ok("images", "-q") == ""
+        assert blob_files(sdcd) - before <= {image_id[7:]}  # the config, not the layer
+        assert list((sdcd.data_dir / "blobs" / "tmp").iterdir()) == []
+    finally:
+        corrupt.stop()
+
+
+def test_push_round_trip_and_mount(user, registry):
+    name = f"{registry.host}/busybox"
+    user.ok("pull", name)
+    user.ok("tag", name, f"{registry.host}/pushed:v1")
+    out = user.ok("push", f"{registry.host}/pushed:v1")
+    assert "Mounted from busybox" in out and "v1: digest: sha256:" in out
+    again = user.ok("push", f"{registry.host}/pushed:v1")
+    assert "Layer already exists" in again
+    user.ok("rmi", f"{registry.host}/pushed:v1")
+    assert "Already exists" in user.ok("pull", f"{registry.host}/pushed:v1")
+    found = user.ok("search", f"{registry.host}/push")
+    assert f"{registry.host}/pushed" in found and f"{registry.host}/busybox" not in found
+
+
+def test_login_and_basic_auth_registry(user, tmp_path):
+    private = Registry(tmp_path / "private", users={"ann": "s3cret"})
+    try:
+        private.push("app", "1", busybox_layers()[:1], {**CONFIG, "history": []})
+        wrong = user.docker("login", "-u", "ann", "--password-stdin", private.host)
+        assert wrong.returncode != 0
+        denied = user.docker("pull", f"{private.host}/app:1")
+        assert denied.returncode != 0
+        login = subprocess.run(
+            ["bash", "-c", f"echo s3cret | docker login -u ann --password-stdin {private.host}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")},
+                "DOCKER_HOST": user.sdcd.docker_host,
+                "DOCKER_TLS_VERIFY": "1",
+                "DOCKER_CERT_PATH": str(user.certs),
+                "HOME": str(user.home),
+            },
+        )
+        assert login.returncode == 0 and "Login Succeeded" in login.stdout, login.stderr
+        assert "Downloaded newer image" in user.ok("pull", f"{private.host}/app:1")
+        bad = user.api("POST", "/v1.41/auth")
+        assert bad.status == 400
+    finally:
+        private.stop()
+
+
+def test_bad_requests_change_nothing(user):
+    for path in (
+        "/v1.41/images/create",
+        "/v1.41/images/create?fromImage=lower/UPPER",
+        "/v1.41/images/create?fromImage=a&fromSrc=-",
+    ):
+        resp = user.api("POST", path)
+        assert resp.status in (400, 501), (path, resp)
+        assert "message" in resp.json()
+    resp = user.api("GET", "/v1.41/images/json?filters=%7B%22colour%22%3A%5B%22x%22%5D%7D")
+    assert resp.status == 400
+    assert user.ok("images", "-q") == ""

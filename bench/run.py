@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.clients import make_cert, make_key, openssh_line, write_identity  # noqa: E402
 from tests.conftest import Daemon, wait_for  # noqa: E402
+from tests.test_images import CONFIG, Registry, tar_layer  # noqa: E402
 
 BRIDGE = "sdcdbench0"
 
@@ -92,6 +93,9 @@ class Dockerd:
     def connection(self) -> http.client.HTTPConnection:
         return _UnixHTTPConnection(str(self.socket))
 
+    def forget_blobs(self) -> None:
+        """rmi already removed the layers: dockerd keeps no other copy."""
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -132,6 +136,9 @@ class Sdcd:
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", *args], capture_output=True, env=self.env())
 
+    def forget_blobs(self) -> None:
+        """rmi garbage-collects blobs nothing references: the next pull is a full one."""
+
     def connection(self) -> http.client.HTTPConnection:
         context = ssl.create_default_context(cafile=str(self.certs / "ca.pem"))
         context.load_cert_chain(str(self.certs / "cert.pem"), str(self.certs / "key.pem"))
@@ -170,6 +177,26 @@ def api_requests(target, path: str, count: int = 100) -> _Done:
     return _Done()
 
 
+def big_layers(total_mb: int, count: int) -> list[bytes]:
+    """Incompressible layers (random data): the registry transfer is what is measured."""
+    size = total_mb * 1024 * 1024 // count
+    return [tar_layer({f"data/blob{i}": os.urandom(size)}) for i in range(count)]
+
+
+def pull_scenario(repo: str):
+    """Pull ``repo`` from the bench registry, then remove it again (outside the timing
+    would be better; rmi is cheap beside a pull and both daemons pay it)."""
+
+    def run(target):
+        result = target.cli("pull", f"{target.registry}/{repo}")
+        if result.returncode == 0:
+            target.cli("rmi", f"{target.registry}/{repo}")
+            target.forget_blobs()
+        return result
+
+    return run
+
+
 def timed(run: Callable[[], subprocess.CompletedProcess]) -> float:
     start = time.perf_counter()
     result = run()
@@ -184,6 +211,8 @@ SCENARIOS: dict[str, Callable] = {
     "docker info": lambda t: t.cli("info"),
     "100 x GET /v1.41/info, one connection": lambda t: api_requests(t, "/v1.41/info"),
     "100 x GET /_ping, one connection": lambda t: api_requests(t, "/_ping"),
+    "docker pull, 200 MB in 1 layer": pull_scenario("big1"),
+    "docker pull, 200 MB in 10 layers": pull_scenario("big10"),
 }
 
 
@@ -192,7 +221,14 @@ def run(runs: int, only: str | None) -> list[tuple[str, float, float]]:
     with tempfile.TemporaryDirectory(prefix="sdcd-bench-") as tmp:
         ref, ours = Dockerd(Path(tmp) / "dockerd"), Sdcd(Path(tmp) / "sdcd")
         (Path(tmp) / "dockerd").mkdir()
+        registry = None
         try:
+            registry = Registry(Path(tmp) / "registry")
+            for repo, count in (("big1", 1), ("big10", 10)):
+                layers = big_layers(200, count)
+                config = {**CONFIG, "history": [{"created_by": f"layer {i}"} for i in range(count)]}
+                registry.push(repo, "latest", layers, config)
+            ref.registry = ours.registry = registry.host
             ref.start()
             ours.start()
             for name, scenario in SCENARIOS.items():
@@ -208,6 +244,8 @@ def run(runs: int, only: str | None) -> list[tuple[str, float, float]]:
         finally:
             ours.stop()
             ref.stop()
+            if registry is not None:
+                registry.stop()
     return rows
 
 

@@ -164,6 +164,8 @@ class ImageService:
         mf.check_layers_match(manifest, config)
         await self._layers(ref, manifest.layers, creds, progress)
         image_id = manifest.config.digest
+        if not self._blobs.has(image_id):  # stored last: a failed pull leaves no config
+            await self._blobs.put(image_id, config_raw)
         layers = tuple(
             LayerRecord(d.digest, diff_id, d.size, d.media_type)
             for d, diff_id in zip(manifest.layers, config.rootfs_diff_ids, strict=True)
@@ -193,9 +195,7 @@ class ImageService:
     async def _config(self, ref, descriptor, creds) -> bytes:
         if self._blobs.has(descriptor.digest):
             return self._blobs.read(descriptor.digest)
-        raw = await self._fetch_small(ref, descriptor.digest, descriptor.size, creds)
-        await self._blobs.put(descriptor.digest, raw)
-        return raw
+        return await self._fetch_small(ref, descriptor.digest, descriptor.size, creds)
 
     async def _layers(self, ref, layers, creds, progress) -> None:
         missing = []

@@ -516,3 +516,95 @@ def test_bad_requests_change_nothing(user):
     resp = user.api("GET", "/v1.41/images/json?filters=%7B%22colour%22%3A%5B%22x%22%5D%7D")
     assert resp.status == 400
     assert user.ok("images", "-q") == ""
+
+
+def classic_archive(
+    path: Path,
+    layers: list[bytes],
+    config: dict,
+    tags: list[str],
+    extra: dict[str, bytes] | None = None,
+) -> str:
+    """A `docker save` archive in the pre-OCI layout (uncompressed layer.tar files)."""
+    config = {**config, "rootfs": {"type": "layers", "diff_ids": [digest(r) for r in layers]}}
+    config_raw = json.dumps(config).encode()
+    files = {f"{digest(config_raw)[7:]}.json": config_raw}
+    names = []
+    for raw in layers:
+        names.append(f"{digest(raw)[7:]}/layer.tar")
+        files[names[-1]] = raw
+    files["manifest.json"] = json.dumps(
+        [{"Config": f"{digest(config_raw)[7:]}.json", "RepoTags": tags, "Layers": names}]
+    ).encode()
+    files.update(extra or {})
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return digest(config_raw)
+
+
+def test_save_and_load_between_accounts(sdcd, tmp_path, registry):
+    alice, bob = User(sdcd, tmp_path, "saver"), User(sdcd, tmp_path, "loader")
+    name = f"{registry.host}/busybox"
+    alice.ok("pull", name)
+    alice.ok("tag", name, "exported:1")
+    archive = tmp_path / "images.tar"
+    alice.ok("save", "-o", str(archive), "exported:1", name)
+    with tarfile.open(archive) as tar:
+        members = set(tar.getnames())
+        manifest = json.load(tar.extractfile("manifest.json"))
+    assert {"manifest.json", "index.json", "oci-layout"} <= members
+    assert sorted(manifest[0]["RepoTags"]) == sorted(["exported:1", f"{name}:latest"])
+    out = bob.ok("load", "-i", str(archive))
+    assert "Loaded image: exported:1" in out
+    assert json.loads(bob.ok("image", "inspect", "exported:1"))[0]["Id"] == registry.image_id
+
+
+def test_load_classic_archive_with_uncompressed_layers(user, tmp_path):
+    layers = [tar_layer({"etc/hello": b"hello\n"})]
+    archive = tmp_path / "classic.tar"
+    image_id = classic_archive(archive, layers, {**CONFIG, "history": []}, ["classic:1"])
+    assert "Loaded image: classic:1" in user.ok("load", "-i", str(archive))
+    inspect = json.loads(user.ok("image", "inspect", "classic:1"))[0]
+    assert inspect["Id"] == image_id
+    assert inspect["RootFS"]["Layers"] == [digest(layers[0])]
+
+
+@pytest.mark.parametrize("problem", ["escape", "absolute", "symlink", "diff_id", "garbage"])
+def test_bad_archives_store_nothing(user, sdcd, tmp_path, problem):
+    archive = tmp_path / "bad.tar"
+    layers = [tar_layer({"etc/x": b"x\n"})]
+    if problem == "garbage":
+        archive.write_bytes(os.urandom(5000))
+    elif problem == "diff_id":
+        config = {**CONFIG, "history": []}
+        classic_archive(archive, layers, config, ["bad:1"])
+        with tarfile.open(archive) as tar:  # rewrite with one layer swapped
+            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name in files:
+            if name.endswith("layer.tar"):
+                files[name] = tar_layer({"etc/x": b"tampered\n"})
+        with tarfile.open(archive, "w") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    else:
+        classic_archive(archive, layers, {**CONFIG, "history": []}, ["bad:1"])
+        with tarfile.open(archive, "a") as tar:
+            if problem == "symlink":
+                info = tarfile.TarInfo("evil")
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+            else:
+                info = tarfile.TarInfo("../evil" if problem == "escape" else "/evil")
+                info.size = 1
+                tar.addfile(info, io.BytesIO(b"x"))
+    before = blob_files(sdcd)
+    result = user.docker("load", "-i", str(archive))
+    assert result.returncode != 0, result.stdout
+    assert user.ok("images", "-q") == ""
+    assert blob_files(sdcd) == before
+    assert list((sdcd.data_dir / "blobs" / "tmp").iterdir()) == []

@@ -18,11 +18,12 @@ from sdcd.api import images as render_images
 from sdcd.api import system as render_system
 from sdcd.api.errors import render_failure, write_json_error
 from sdcd.api.filters import image_filter, parse_filters
-from sdcd.api.streams import JSONStream, error_message
+from sdcd.api.streams import ChunkWriter, JSONStream, error_message
 from sdcd.api.versions import MAX_VERSION, render
 from sdcd.core.errors import CoreError, InvalidArgument, NotImplementedYet
 from sdcd.core.images import ImageService
 from sdcd.core.system import SystemService
+from sdcd.images.archive import tar_chunks
 from sdcd.images.registry import Credentials, RegistryError
 
 
@@ -153,6 +154,32 @@ class DockerAPI:
             request.sdcd_account, term, limit, registry_credentials(request)
         )
         return json_body(request, results)
+
+    @app.route("/images/get", methods=["GET"])
+    async def save_images(self, request) -> bytes:
+        names = [n.decode("utf-8", "replace") for n in request.args.get(b"names", [])]
+        return await self._save(request, names)
+
+    @app.route("/images/<path:name>/get", methods=["GET"])
+    async def save_image(self, request, name: str) -> bytes:
+        return await self._save(request, [name])
+
+    async def _save(self, request, names: list[str]) -> bytes:
+        plan = await self._images.save_plan(request.sdcd_account, names)
+        request.setHeader(b"content-type", b"application/x-tar")
+        await ChunkWriter(request).write_all(tar_chunks(plan))
+        return b""
+
+    @app.route("/images/load", methods=["POST"])
+    async def load_images(self, request) -> bytes:
+        """``docker load``: the body (buffered to a file by twisted.web) is checked whole
+        before anything is stored."""
+        lines: list[str] = []
+        request.content.seek(0)
+        await self._images.load(request.sdcd_account, request.content, lines.append)
+        request.setHeader(b"content-type", b"application/json")
+        # ``quiet`` only silences progress bars in dockerd; the "Loaded image" lines stay.
+        return b"".join(json.dumps({"stream": line}).encode() + b"\r\n" for line in lines)
 
     @app.route("/images/<path:name>/json", methods=["GET"])
     async def inspect_image(self, request, name: str) -> bytes:

@@ -7,7 +7,12 @@ progress is still an ordinary HTTP error with its own status code, as with docke
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 from sdcd.core.images import Progress
 
@@ -66,3 +71,45 @@ class JSONStream:
 
     def progress(self, p: Progress) -> None:
         self.send(progress_message(p))
+
+
+@implementer(IPushProducer)
+class ChunkWriter:
+    """Writes chunks made in a thread to a request, waiting while the client's
+    connection is paused: a slow client slows the archive, not sdcd's memory."""
+
+    def __init__(self, request) -> None:
+        self._request = request
+        self._resumed: defer.Deferred | None = None
+        self.stopped = False
+        request.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        if self._resumed is None:
+            self._resumed = defer.Deferred()
+
+    def resumeProducing(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.resumeProducing()
+
+    async def write_all(self, chunks: Iterator[bytes]) -> None:
+        """Pull each chunk from ``chunks`` in a thread and write it."""
+        try:
+            while not self.stopped:
+                chunk = await threads.deferToThread(next, chunks, None)
+                if chunk is None:
+                    break
+                if self._resumed is not None:
+                    await self._resumed
+                if not self.stopped:
+                    self._request.write(chunk)
+        finally:
+            self._request.unregisterProducer()
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                await threads.deferToThread(close)

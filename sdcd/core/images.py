@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
 from sdcd.core.errors import (
@@ -26,6 +26,7 @@ from sdcd.core.errors import (
     NotFound,
     Unauthorized,
 )
+from sdcd.images import archive
 from sdcd.images import manifest as mf
 from sdcd.images import reference as refs
 from sdcd.images.blobstore import BlobError
@@ -360,6 +361,65 @@ class ImageService:
             ],
         }
         return json.dumps(manifest, indent=3).encode()
+
+    # -- save and load --------------------------------------------------------------
+
+    async def save_plan(self, account: Account, names: list[str]) -> list:
+        """The members of a ``docker save`` archive of the named images."""
+        if not names:
+            raise InvalidArgument("no images named")
+        chosen: dict[str, archive.SavedImage] = {}
+        for name in names:
+            image = await self.resolve(account, name)
+            tags = (
+                tuple(_familiar(t) for t in image.repo_tags) if self._is_name(name, image) else ()
+            )
+            if self._is_name(name, image) and "@" not in name:
+                tags = (refs.parse(name).familiar,)
+            previous = chosen.get(image.id)
+            chosen[image.id] = archive.SavedImage(
+                config_digest=image.id,
+                layer_digests=tuple(layer.digest for layer in image.layers),
+                layer_types=tuple(layer.media_type for layer in image.layers),
+                repo_tags=tuple(dict.fromkeys((*(previous.repo_tags if previous else ()), *tags))),
+            )
+        return archive.archive_plan(list(chosen.values()), self._blobs.path)
+
+    async def load(self, account: Account, source, progress: Callable[[str], None]) -> None:
+        """``docker load``: check the whole archive in a thread, then store its blobs and
+        record its images for the account; a bad archive stores nothing."""
+        require_provisioning(account)
+        try:
+            images, staged = await threads.deferToThread(
+                archive.read_archive, source, self._blobs.tmp_dir
+            )
+        except archive.ArchiveError as e:
+            raise InvalidArgument(str(e)) from None
+        try:
+            tags = [[str(refs.parse(t)) for t in image.repo_tags] for image in images]
+        except refs.ReferenceError as e:
+            archive.discard(staged)
+            raise InvalidArgument(f"invalid tag in archive: {e}") from None
+        await threads.deferToThread(archive.publish, staged, self._blobs.path)
+        for image, image_tags in zip(images, tags, strict=True):
+            if not self._blobs.has(image.config_digest):
+                await self._blobs.put(image.config_digest, image.config_raw)
+            config = mf.parse_config(image.config_raw)
+            record = ImageRecord(
+                id=image.config_digest,
+                layers=tuple(
+                    LayerRecord(la.digest, la.diff_id, la.size, la.media_type)
+                    for la in image.layers
+                ),
+                created=config.created or "",
+                size=sum(la.size for la in image.layers),
+                added=_now(),
+            )
+            await self._records.put_image(account.login, record, image_tags, [])
+            for tag in image.repo_tags:
+                progress(f"Loaded image: {refs.parse(tag).familiar}\n")
+            if not image.repo_tags:
+                progress(f"Loaded image ID: {image.config_digest}\n")
 
     async def login(self, account: Account, creds: Credentials) -> None:
         """``docker login``: ask the registry named by ``serveraddress`` (Docker Hub when

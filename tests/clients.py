@@ -103,6 +103,7 @@ def request(
     headers: dict[str, str] | None = None,
     host: str = "localhost",
     tls_version: ssl.TLSVersion | None = None,
+    body: bytes | None = None,
 ) -> Response:
     """One HTTPS request over real TLS, verifying the server against ``ca``."""
     context = ssl.create_default_context(cafile=str(ca))
@@ -113,7 +114,7 @@ def request(
         context.load_cert_chain(str(cert_path), str(key_path))
     conn = http.client.HTTPSConnection(host, port, context=context, timeout=30)
     try:
-        conn.request(method, path, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:

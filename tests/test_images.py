@@ -35,8 +35,9 @@ LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 class Registry:
     """Debian's docker-registry on loopback, anonymous or behind htpasswd Basic auth."""
 
-    def __init__(self, root: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, users: dict[str, str] | None = None, token=None) -> None:
         self.root = root
+        self.bearer = None
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
@@ -55,6 +56,11 @@ class Registry:
             (root / "htpasswd").write_text("\n".join(lines) + "\n")
             config += f"auth:\n  htpasswd:\n    realm: sdcd-test\n    path: {root / 'htpasswd'}\n"
             self.auth = next(iter(users.items()))
+        if token is not None:
+            config += (
+                f"auth:\n  token:\n    realm: {token.url}\n    service: sdcd-registry\n"
+                f"    issuer: sdcd-test\n    rootcertbundle: {token.bundle}\n"
+            )
         (root / "config.yml").write_text(config)
         self.proc = subprocess.Popen(
             ["docker-registry", "serve", str(root / "config.yml")],
@@ -79,6 +85,8 @@ class Registry:
 
             token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
             req.add_header("Authorization", f"Basic {token}")
+        if self.bearer:
+            req.add_header("Authorization", f"Bearer {self.bearer}")
         return urllib.request.urlopen(req, timeout=30)
 
     def put_blob(self, repo: str, data: bytes) -> None:
@@ -234,6 +242,17 @@ class User:
         result = self.docker(*args)
         assert result.returncode == 0, f"docker {args}: {result.stderr}"
         return result.stdout
+
+    def api_post_json(self, path: str, body: dict):
+        return request(
+            self.sdcd.docker_port,
+            "POST",
+            path,
+            ca=self.sdcd.ca_path,
+            identity=self.identity,
+            headers={"Content-Type": "application/json"},
+            body=json.dumps(body).encode(),
+        )
 
     def api(self, method: str, path: str):
         return request(
@@ -608,3 +627,203 @@ def test_bad_archives_store_nothing(user, sdcd, tmp_path, problem):
     assert user.ok("images", "-q") == ""
     assert blob_files(sdcd) == before
     assert list((sdcd.data_dir / "blobs" / "tmp").iterdir()) == []
+
+
+def test_docker_py_shapes(user, registry, monkeypatch):
+    """docker-py 7 (the API shapes it parses) over TLS with the account's identity."""
+    import docker
+
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    tls = docker.tls.TLSConfig(
+        client_cert=(str(user.certs / "cert.pem"), str(user.certs / "key.pem")),
+        ca_cert=str(user.certs / "ca.pem"),
+        verify=True,
+    )
+    client = docker.DockerClient(
+        base_url=f"https://localhost:{user.sdcd.docker_port}", tls=tls, version="auto"
+    )
+    try:
+        assert client.info()["Driver"] == "sdc"
+        image = client.images.pull(f"{registry.host}/busybox", tag="latest")
+        assert image.id == registry.image_id
+        assert image.tags == [f"{registry.host}/busybox:latest"]
+        assert image.labels == {"com.example.kind": "test"}
+        assert [i.id for i in client.images.list()] == [registry.image_id]
+        assert image.tag("pyrepo", "v2")
+        assert "pyrepo:v2" in client.images.get("pyrepo:v2").tags
+        assert client.images.get(registry.image_id[7:19]).history()[0]["Id"] == registry.image_id
+        client.images.remove("pyrepo:v2")
+        with pytest.raises(docker.errors.ImageNotFound):
+            client.images.get("pyrepo:v2")
+        with pytest.raises(docker.errors.NotFound):
+            client.images.pull(f"{registry.host}/absent", tag="latest")
+    finally:
+        client.close()
+
+
+class TokenServer:
+    """A small Bearer token server (the registry itself is real): checks Basic
+    credentials, grants the scopes asked for, signs ES256 JWTs with a key whose
+    certificate the registry trusts."""
+
+    def __init__(self, root: Path, users: dict[str, str]) -> None:
+        import datetime
+        import http.server
+        import threading
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sdcd-test-token")])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(1)
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(self.key, hashes.SHA256())
+        )
+        self.bundle = root / "token-ca.pem"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.users, self.issued = users, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.handle(self)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def handle(self, request) -> None:
+        import base64
+        from urllib.parse import parse_qs, urlsplit
+
+        query = parse_qs(urlsplit(request.path).query)
+        auth = request.headers.get("Authorization", "")
+        user = None
+        if auth.startswith("Basic "):
+            name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            if self.users.get(name) != password:
+                request.send_response(401)
+                request.end_headers()
+                request.wfile.write(b'{"details": "incorrect username or password"}')
+                return
+            user = name
+        access = []
+        for scope in query.get("scope", []):
+            kind, _, rest = scope.partition(":")
+            repo, _, actions = rest.rpartition(":")
+            access.append(
+                {"type": kind, "name": repo, "actions": actions.split(",") if user else []}
+            )
+        token = self.jwt(user or "", query.get("service", [""])[0], access)
+        self.issued.append((user, query.get("scope", [])))
+        body = json.dumps({"token": token, "expires_in": 300}).encode()
+        request.send_response(200)
+        request.send_header("Content-Type", "application/json")
+        request.end_headers()
+        request.wfile.write(body)
+
+    def jwt(self, subject: str, service: str, access: list) -> str:
+        import base64
+        import uuid
+
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        der = self.cert.public_bytes(serialization.Encoding.DER)
+        header = {"alg": "ES256", "typ": "JWT", "x5c": [base64.b64encode(der).decode()]}
+        now = int(time.time())
+        claims = {
+            "iss": "sdcd-test",
+            "sub": subject,
+            "aud": service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        r, s = decode_dss_signature(
+            self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        )
+        return f"{signing_input}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_token_auth_registry(user, tmp_path):
+    tokens = TokenServer(tmp_path, {"tess": "t0ken"})
+    reg = Registry(tmp_path / "token", token=tokens)
+    try:
+        reg.auth = None
+        reg.bearer = tokens.jwt(
+            "tess",
+            "sdcd-registry",
+            [{"type": "repository", "name": "app", "actions": ["pull", "push"]}],
+        )
+        reg.push("app", "1", busybox_layers()[:1], {**CONFIG, "history": []})
+        anonymous = user.docker("pull", f"{reg.host}/app:1")
+        assert anonymous.returncode != 0
+        creds = base64_auth({"username": "tess", "password": "t0ken", "serveraddress": reg.host})
+        resp = request(
+            user.sdcd.docker_port,
+            "POST",
+            f"/v1.41/images/create?fromImage={reg.host}/app&tag=1",
+            ca=user.sdcd.ca_path,
+            identity=user.identity,
+            headers={"X-Registry-Auth": creds},
+        )
+        assert resp.status == 200 and b"Downloaded newer image" in resp.body, resp
+        assert any(user == "tess" for user, _ in tokens.issued)
+        # Another account naming the same registry user with a wrong password must not
+        # ride on the token sdcd holds for the right one.
+        other = User(user.sdcd, tmp_path, "tokenthief")
+        wrong_pull = request(
+            user.sdcd.docker_port,
+            "POST",
+            f"/v1.41/images/create?fromImage={reg.host}/app&tag=1",
+            ca=user.sdcd.ca_path,
+            identity=other.identity,
+            headers={"X-Registry-Auth": base64_auth({"username": "tess", "password": "x"})},
+        )
+        assert wrong_pull.status != 200 or b"errorDetail" in wrong_pull.body, wrong_pull
+        assert other.ok("images", "-q") == ""
+        wrong = base64_auth({"username": "tess", "password": "nope", "serveraddress": reg.host})
+        login = user.api_post_json(
+            "/v1.41/auth", {"username": "tess", "password": "nope", "serveraddress": reg.host}
+        )
+        assert login.status == 401 and "incorrect username or password" in login.json()["message"]
+        ok = user.api_post_json(
+            "/v1.41/auth", {"username": "tess", "password": "t0ken", "serveraddress": reg.host}
+        )
+        assert ok.status == 200 and ok.json()["Status"] == "Login Succeeded"
+        assert wrong
+    finally:
+        reg.stop()
+        tokens.stop()
+
+
+def base64_auth(data: dict) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()

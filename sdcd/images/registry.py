@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import ipaddress
 import json
 import re
@@ -60,6 +61,13 @@ class Credentials:
     identity_token: str = ""
     registry_token: str = ""
     server_address: str = ""
+
+    @property
+    def cache_key(self) -> str:
+        """What a cached token is filed under: the whole secret, hashed, so that a token
+        earned by one tenant's credentials never serves another's different ones."""
+        secret = "\0".join((self.username, self.password, self.identity_token, self.registry_token))
+        return hashlib.sha256(secret.encode()).hexdigest()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Credentials:
@@ -259,7 +267,7 @@ class RegistryClient:
         """A request answered after at most one authentication round; the response,
         whatever its status."""
         headers = dict(headers or {})
-        token_key = (host, scope, creds.username if creds else "")
+        token_key = (host, scope, creds.cache_key if creds else "")
         cached = self._tokens.get(token_key)
         if cached and cached[1] > time.monotonic():
             headers["Authorization"] = cached[0]

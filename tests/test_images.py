@@ -428,6 +428,7 @@ class CuttingProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._upstream, self._limit, self._socket = upstream_port, limit, socket
+        self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -444,12 +445,17 @@ class CuttingProxy:
                 target=self._pump, args=(server, client, self._limit), daemon=True
             ).start()
 
+    relayed = 0
+
     def _pump(self, source, sink, limit) -> None:
         sent = 0
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
                 sent += len(data)
+                if limit is not None:
+                    with self._lock:
+                        self.relayed += len(data)
                 if limit is not None and sent > limit:
                     break
         except OSError:
@@ -475,6 +481,34 @@ def test_registry_dying_mid_pull_stores_nothing(user, sdcd, tmp_path):
         assert user.ok("images", "-q") == ""
         assert blob_files(sdcd) == before
         assert list((sdcd.data_dir / "blobs" / "tmp").iterdir()) == []
+    finally:
+        proxy.close()
+        reg.stop()
+
+
+def test_concurrent_pulls_download_a_layer_once(sdcd, tmp_path):
+    """Two accounts pulling one new image at once: the layer crosses the wire once."""
+    import threading
+
+    reg = Registry(tmp_path / "shared")
+    proxy = CuttingProxy(reg.port, limit=10**12)
+    try:
+        layer = tar_layer({"data/big": os.urandom(30_000_000)})
+        reg.push("big", "latest", [layer], {**CONFIG, "history": []})
+        users = [User(sdcd, tmp_path, f"conc{i}") for i in range(2)]
+        results = [None, None]
+
+        def pull(i: int) -> None:
+            results[i] = users[i].docker("pull", f"127.0.0.1:{proxy.port}/big")
+
+        threads = [threading.Thread(target=pull, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+        assert proxy.relayed < 1.5 * 30_000_000, proxy.relayed
+        assert all(u.ok("images", "-q").strip() for u in users)
     finally:
         proxy.close()
         reg.stop()

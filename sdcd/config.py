@@ -64,6 +64,7 @@ class Config:
     log_file: Path | None
     insecure_registries: tuple[str, ...] = ()
     registry_timeout: int = 15
+    registry_ca_files: tuple[Path, ...] = ()
 
     @property
     def docker_url(self) -> str:
@@ -126,6 +127,12 @@ def _host_list(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _path_list(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where} must be a list of file paths")
+    return tuple(value)
+
+
 def _choice(*choices: str) -> Callable[[Any, str], str]:
     def check(value: Any, where: str) -> str:
         if value not in choices:
@@ -172,6 +179,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any, str], Any], Any]]] = {
     "images": {
         "insecure_registries": (_host_list, ()),
         "registry_timeout": (_positive_int, 15),
+        "ca_files": (_path_list, ()),
     },
     "log": {
         "format": (_choice("text", "json"), "text"),
@@ -237,6 +245,7 @@ def parse(text: str, path: Path) -> Config:
         log_file=_path(base, log["file"]),
         insecure_registries=images["insecure_registries"],
         registry_timeout=images["registry_timeout"],
+        registry_ca_files=tuple(_path(base, p) for p in images["ca_files"]),
     )
 
 

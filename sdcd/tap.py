@@ -31,6 +31,7 @@ from sdcd.core.images import ImageService
 from sdcd.core.system import SystemService
 from sdcd.images.blobstore import FileBlobStore
 from sdcd.images.registry import RegistryClient
+from sdcd.images.tls import SystemAndExtraCAs
 from sdcd.store import redis as redis_store
 from sdcd.store.embedded import EmbeddedRedis, EmbeddedRedisError
 
@@ -143,6 +144,7 @@ class SdcdService(service.MultiService):
             self._reactor,
             insecure=self.config.insecure_registries,
             timeout=self.config.registry_timeout,
+            ca_files=self.config.registry_ca_files,
         )
         images = ImageService(store, blobs, self.registry)
         api = DockerAPI(system, images)
@@ -193,6 +195,7 @@ def build(options: Options, reactor) -> SdcdService:
             f"cannot create data_dir {config.data_dir}: {e.strerror}"
         ) from None
     server_tls = sdcd_tls.load_server_tls(config)
+    SystemAndExtraCAs(config.registry_ca_files)  # unreadable CA files stop start-up here
     sdcd = SdcdService(reactor, config, server_tls)
     try:
         sdcd.check()

@@ -35,7 +35,9 @@ LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 class Registry:
     """Debian's docker-registry on loopback, anonymous or behind htpasswd Basic auth."""
 
-    def __init__(self, root: Path, users: dict[str, str] | None = None, token=None) -> None:
+    def __init__(
+        self, root: Path, users: dict[str, str] | None = None, token=None, tls=None
+    ) -> None:
         self.root = root
         self.bearer = None
         root.mkdir(parents=True, exist_ok=True)
@@ -61,6 +63,9 @@ class Registry:
                 f"auth:\n  token:\n    realm: {token.url}\n    service: sdcd-registry\n"
                 f"    issuer: sdcd-test\n    rootcertbundle: {token.bundle}\n"
             )
+        if tls is not None:
+            config += f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n"
+            self.url = f"https://{self.host}"
         (root / "config.yml").write_text(config)
         self.proc = subprocess.Popen(
             ["docker-registry", "serve", str(root / "config.yml")],
@@ -71,7 +76,7 @@ class Registry:
 
     def _up(self) -> bool:
         try:
-            urllib.request.urlopen(f"{self.url}/v2/", timeout=1)
+            self._open("GET", f"{self.url}/v2/")
         except urllib.error.HTTPError:
             return True
         except OSError:
@@ -80,6 +85,11 @@ class Registry:
 
     def _open(self, method: str, url: str, data: bytes | None = None, headers=None):
         req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+        if self.url.startswith("https"):
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(self.root / "ca.pem"))
+            return urllib.request.urlopen(req, timeout=30, context=context)
         if self.auth:
             import base64
 
@@ -861,3 +871,38 @@ def base64_auth(data: dict) -> str:
     import base64
 
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+
+
+def test_registry_with_the_operators_ca(tmp_path, sdcd):
+    """A registry whose certificate the system does not trust: refused, unless the
+    operator lists its CA in [images] ca_files. (Reached by this machine's host name, so
+    that it is not a loopback registry, which would skip verification as dockerd does.)"""
+    import socket
+
+    from sdcd.auth.tls import make_ca, make_server_cert
+
+    host = socket.gethostname()
+    try:
+        if not socket.gethostbyname(host).startswith("127."):
+            pytest.skip(f"host name {host} does not resolve to loopback here")
+    except OSError:
+        pytest.skip("the host name does not resolve")
+    root = tmp_path / "tlsreg"
+    root.mkdir()
+    ca_pem, ca_key = make_ca("test")
+    cert_pem, key_pem = make_server_cert(ca_pem, ca_key, [host, "127.0.0.1"])
+    (root / "ca.pem").write_bytes(ca_pem)
+    (root / "cert.pem").write_bytes(cert_pem)
+    (root / "key.pem").write_bytes(key_pem)
+    reg = Registry(root, tls=(root / "cert.pem", root / "key.pem"))
+    trusting = Daemon(tmp_path / "trusting", extra=f'[images]\nca_files = ["{root / "ca.pem"}"]\n')
+    trusting.start()
+    try:
+        reg.push("busybox", "latest", busybox_layers()[:1], {**CONFIG, "history": []})
+        name = f"{host}:{reg.port}/busybox"
+        refused = User(sdcd, tmp_path, "tlsplain").docker("pull", name)
+        assert refused.returncode != 0 and "certificate" in refused.stderr.lower(), refused.stderr
+        assert "Pull complete" in User(trusting, tmp_path, "tlstrust").ok("pull", name)
+    finally:
+        trusting.stop()
+        reg.stop()

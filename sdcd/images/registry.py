@@ -30,6 +30,8 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
+from sdcd.images.tls import RegistryTLSPolicy, SystemAndExtraCAs
+
 
 class RegistryError(Exception):
     """A registry operation failed; ``message`` is for the user."""
@@ -188,7 +190,7 @@ class RegistryClient:
         insecure: Iterable[str] = (),
         timeout: float = 15.0,
         idle_timeout: float = 60.0,
-        tls_policy=None,
+        ca_files: Iterable = (),
     ) -> None:
         self._reactor = reactor
         self._insecure = set(insecure)
@@ -196,11 +198,8 @@ class RegistryClient:
         self._idle = idle_timeout
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 8
-        agent = (
-            Agent(reactor, contextFactory=tls_policy, pool=pool)
-            if tls_policy
-            else Agent(reactor, pool=pool)
-        )
+        policy = RegistryTLSPolicy(self.is_insecure, SystemAndExtraCAs(ca_files))
+        agent = Agent(reactor, contextFactory=policy, pool=pool)
         self._http = treq.client.HTTPClient(agent)
         self._pool = pool
         self._schemes: dict[str, str] = {}
@@ -211,10 +210,20 @@ class RegistryClient:
 
     # -- transport ------------------------------------------------------------------
 
+    def is_insecure(self, host: str, port: int | None = None) -> bool:
+        """Configured as insecure (by host or host:port), or loopback, as in dockerd."""
+        name = host.strip("[]")
+        return (
+            host in self._insecure
+            or (port is not None and f"{host}:{port}" in self._insecure)
+            or is_loopback(host)
+            or is_loopback(name)
+        )
+
     def _candidate_schemes(self, host: str) -> list[str]:
         if host in self._schemes:
             return [self._schemes[host]]
-        if host in self._insecure or is_loopback(host):
+        if self.is_insecure(host):
             return ["https", "http"]
         return ["https"]
 

@@ -906,3 +906,30 @@ def test_registry_with_the_operators_ca(tmp_path, sdcd):
     finally:
         trusting.stop()
         reg.stop()
+
+
+def test_list_filters(user, registry, tmp_path):
+    name = f"{registry.host}/busybox"
+    user.ok("pull", name)
+    archive = tmp_path / "later.tar"
+    later_id = classic_archive(
+        archive, [tar_layer({"x": b"1"})], {**CONFIG, "history": []}, ["later:1"]
+    )
+    user.ok("load", "-i", str(archive))
+    user.ok("tag", "later:1", "later:2")
+    user.ok("rmi", "later:1")
+
+    def ids(*filters: str) -> set[str]:
+        args = [a for f in filters for a in ("--filter", f)]
+        return set(user.ok("images", "-q", "--no-trunc", *args).split())
+
+    assert ids("since=" + name) == {later_id}
+    assert ids("before=later:2") == {registry.image_id}
+    assert ids("reference=later") == {later_id}
+    assert ids("reference=*/busybox") == {registry.image_id}
+    assert ids("dangling=true") == set()
+    user.ok("tag", name, "later:2")  # later's image loses its last tag
+    assert ids("dangling=true") == {later_id}
+    assert registry.image_id in ids("dangling=false")
+    assert later_id not in ids()  # dangling images are hidden unless -a
+    assert later_id in set(user.ok("images", "-a", "-q", "--no-trunc").split())

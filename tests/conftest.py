@@ -167,6 +167,16 @@ class Daemon:
         return result
 
 
+def running_daemon(root: Path, **settings):
+    """A started Daemon for a fixture to yield from; stopped when the fixture ends."""
+    d = Daemon(root, **settings)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
 @pytest.fixture
 def daemon(tmp_path):
     """A running sdcd on the embedded default, stopped (and its Redis with it) after."""

@@ -8,15 +8,12 @@ import json
 import pytest
 
 from tests.clients import make_key, openssh_line
-from tests.conftest import Daemon
+from tests.conftest import Daemon, running_daemon
 
 
 @pytest.fixture(scope="module")
 def sdcd(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("admin"))
-    d.start()
-    yield d
-    d.stop()
+    yield from running_daemon(tmp_path_factory.mktemp("admin"))
 
 
 def accounts(sdcd) -> list[dict]:

@@ -8,15 +8,12 @@ import time
 import pytest
 
 from tests.clients import make_cert, make_key, openssh_line, request, write_identity
-from tests.conftest import Daemon
+from tests.conftest import running_daemon
 
 
 @pytest.fixture(scope="module")
 def sdcd(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("api"))
-    d.start()
-    yield d
-    d.stop()
+    yield from running_daemon(tmp_path_factory.mktemp("api"))
 
 
 @pytest.fixture(scope="module")

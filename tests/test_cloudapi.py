@@ -10,15 +10,14 @@ import pytest
 
 from sdcd.auth import httpsig
 from tests.clients import KEY_KINDS, make_key, openssh_line, request
-from tests.conftest import Daemon
+from tests.conftest import running_daemon
 
 
 @pytest.fixture(scope="module")
 def sdcd(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("cloudapi"), public_host="docker.example.test")
-    d.start()
-    yield d
-    d.stop()
+    yield from running_daemon(
+        tmp_path_factory.mktemp("cloudapi"), public_host="docker.example.test"
+    )
 
 
 _accounts = {}

@@ -10,17 +10,14 @@ import uuid
 import pytest
 
 from tests.clients import KEY_KINDS, make_cert, make_key, openssh_line, request, write_identity
-from tests.conftest import Daemon
+from tests.conftest import Daemon, running_daemon
 
 UNAUTHORIZED = {"message": "Unauthorized"}
 
 
 @pytest.fixture(scope="module")
 def sdcd(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("auth"))
-    d.start()
-    yield d
-    d.stop()
+    yield from running_daemon(tmp_path_factory.mktemp("auth"))
 
 
 def new_login() -> str:

@@ -21,7 +21,7 @@ import bcrypt
 import pytest
 
 from tests.clients import make_cert, make_key, openssh_line, request, write_identity
-from tests.conftest import Daemon, free_port, wait_for
+from tests.conftest import Daemon, free_port, running_daemon, wait_for
 
 
 def digest(data: bytes) -> str:
@@ -280,10 +280,7 @@ def registry(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sdcd(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("images"))
-    d.start()
-    yield d
-    d.stop()
+    yield from running_daemon(tmp_path_factory.mktemp("images"))
 
 
 _counter = iter(range(1000))

@@ -75,8 +75,7 @@ class Config:
         return f"tcp://{host}:{self.docker.port}"
 
 
-# section -> key -> (validator, default); a default of REQUIRED means the key must be given.
-REQUIRED = object()
+# SCHEMA below: section -> key -> (validator, default).
 
 
 def _string(value: Any, where: str) -> str:

@@ -86,7 +86,7 @@ def _registry_problem(e: RegistryError, ref: refs.Reference) -> CoreError:
 class ImageService:
     """Pull, list, inspect, tag and delete the images of one account at a time."""
 
-    def __init__(self, records, blobs, registry, clock: Callable[[], float] | None = None):
+    def __init__(self, records, blobs, registry) -> None:
         self._records = records
         self._blobs = blobs
         self._registry = registry

@@ -7,8 +7,19 @@ from typing import Any
 import attrs
 
 
+class _JSONRecord:
+    """to_json/from_json for flat attrs records (one place, not one copy per record)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]):
+        return cls(**{f.name: data[f.name] for f in attrs.fields(cls) if f.name in data})
+
+
 @attrs.frozen
-class Account:
+class Account(_JSONRecord):
     """A tenant: everything it owns is scoped by ``login``."""
 
     login: str
@@ -17,16 +28,9 @@ class Account:
     disabled: bool = False
     approved: bool = False
 
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Account:
-        return cls(**{f.name: data[f.name] for f in attrs.fields(cls) if f.name in data})
-
 
 @attrs.frozen
-class KeyRecord:
+class KeyRecord(_JSONRecord):
     """One SSH public key registered with an account, named by its MD5 fingerprint."""
 
     fingerprint: str
@@ -34,25 +38,15 @@ class KeyRecord:
     openssh: str
     created: str
 
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> KeyRecord:
-        return cls(**{f.name: data[f.name] for f in attrs.fields(cls) if f.name in data})
-
 
 @attrs.frozen
-class LayerRecord:
+class LayerRecord(_JSONRecord):
     """One layer of an image: its compressed blob and what it unpacks to."""
 
     digest: str
     diff_id: str
     size: int
     media_type: str
-
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
 
 
 @attrs.frozen

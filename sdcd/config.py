@@ -48,6 +48,17 @@ class RedisConfig:
 
 
 @attrs.frozen
+class ComputeConfig:
+    """The in-process compute node: its bridge network and defaults."""
+
+    bridge: str = "sdcd0"
+    subnet: str = "172.30.0.0/16"
+    default_memory: int = 1024
+    dns: tuple[str, ...] = ()
+    node_id: str = ""
+
+
+@attrs.frozen
 class Config:
     """The validated configuration of one sdcd process."""
 
@@ -65,6 +76,8 @@ class Config:
     insecure_registries: tuple[str, ...] = ()
     registry_timeout: int = 15
     registry_ca_files: tuple[Path, ...] = ()
+    compute: ComputeConfig = attrs.field(factory=lambda: ComputeConfig())
+    packages: tuple = ()
 
     @property
     def docker_url(self) -> str:
@@ -148,6 +161,37 @@ def _redis_url(value: Any, where: str) -> str:
     return value
 
 
+def _bridge_name(value: Any, where: str) -> str:
+    value = _string(value, where)
+    if len(value) > 15 or not value.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(
+            f"{where} must be an interface name (at most 15 letters/digits), not {value!r}"
+        )
+    return value
+
+
+def _subnet(value: Any, where: str) -> str:
+    value = _string(value, where)
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as e:
+        raise ConfigError(f"{where} must be an IPv4 subnet like 172.30.0.0/16: {e}") from None
+    if net.prefixlen > 29:
+        raise ConfigError(f"{where} is too small: {value}")
+    return value
+
+
+def _address_list(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where} must be a list of IP addresses")
+    for v in value:
+        try:
+            ipaddress.ip_address(v)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{where}: {v!r} is not an IP address") from None
+    return tuple(value)
+
+
 SCHEMA: dict[str, dict[str, tuple[Callable[[Any, str], Any], Any]]] = {
     "": {
         "datacenter": (_string, "dc1"),
@@ -180,6 +224,13 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any, str], Any], Any]]] = {
         "registry_timeout": (_positive_int, 15),
         "ca_files": (_path_list, ()),
     },
+    "compute": {
+        "bridge": (_bridge_name, "sdcd0"),
+        "subnet": (_subnet, "172.30.0.0/16"),
+        "default_memory": (_positive_int, 1024),
+        "dns": (_address_list, ()),
+        "node_id": (_optional_string, ""),
+    },
     "log": {
         "format": (_choice("text", "json"), "text"),
         "file": (_optional_string, ""),
@@ -195,7 +246,7 @@ def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
         raise ConfigError(f"[{name}] must be a table")
     values = {}
     for key, value in table.items():
-        if name == "" and key in SCHEMA:
+        if name == "" and (key in SCHEMA or key == "packages"):
             continue
         if key not in schema:
             where = f"[{name}] " if name else ""
@@ -231,6 +282,8 @@ def parse(text: str, path: Path) -> Config:
     if cloud["enabled"] and cloud["port"] == docker["port"] and cloud["port"] != 0:
         raise ConfigError("cloudapi.port must differ from docker.port")
     return Config(
+        compute=ComputeConfig(**sections["compute"]),
+        packages=_packages(raw.get("packages")),
         path=path,
         datacenter=top["datacenter"],
         public_host=top["public_host"],
@@ -246,6 +299,20 @@ def parse(text: str, path: Path) -> Config:
         registry_timeout=images["registry_timeout"],
         registry_ca_files=tuple(_path(base, p) for p in images["ca_files"]),
     )
+
+
+def _packages(tables: Any) -> tuple:
+    """``[[packages]]``; none configured means the built-in set."""
+    from sdcd.core import packages
+
+    if tables is None:
+        return packages.DEFAULT_PACKAGES
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError("packages must be a non-empty array of tables ([[packages]])")
+    try:
+        return packages.parse_packages(tables)
+    except ValueError as e:
+        raise ConfigError(f"packages: {e}") from None
 
 
 def load(path: str | os.PathLike[str]) -> Config:

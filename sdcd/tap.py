@@ -21,12 +21,17 @@ from twisted.web.resource import Resource
 
 from sdcd import config as sdcd_config
 from sdcd.api.app import DockerAPI
+from sdcd.api.containers import ContainerRoutes
+from sdcd.api.halfclose import HalfCloseTLSFactory
 from sdcd.api.root import DockerRoot, LoggingSite
 from sdcd.auth import tls as sdcd_tls
 from sdcd.auth.accounts import Authenticator
 from sdcd.cloudapi.app import CloudAPI
 from sdcd.compute.host import host_facts
+from sdcd.compute.local import LocalCompute
+from sdcd.compute.network import BridgeConfig
 from sdcd.core.accounts import AccountService
+from sdcd.core.containers import ContainerService
 from sdcd.core.images import ImageService
 from sdcd.core.system import SystemService
 from sdcd.images.blobstore import FileBlobStore
@@ -34,6 +39,7 @@ from sdcd.images.registry import RegistryClient
 from sdcd.images.tls import SystemAndExtraCAs
 from sdcd.store import redis as redis_store
 from sdcd.store.embedded import EmbeddedRedis, EmbeddedRedisError
+from sdcd.store.ipam import RedisIPAllocator
 
 DEFAULT_CONFIG = "/etc/sdcd/sdcd.toml"
 
@@ -81,6 +87,7 @@ class SdcdService(service.MultiService):
         self.ports: dict[str, object] = {}
         self.store = None
         self.registry = None
+        self.compute = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def check(self) -> None:
@@ -97,7 +104,9 @@ class SdcdService(service.MultiService):
         for name, listen in endpoints.items():
             site = LoggingSite(_Waiting())
             try:
-                port = self._reactor.listenSSL(listen.port, site, context, interface=listen.host)
+                port = self._reactor.listenTCP(
+                    listen.port, HalfCloseTLSFactory(context, False, site), interface=listen.host
+                )
             except error.CannotListenError as e:
                 self.unbind()
                 reason = e.socketError.strerror if e.socketError else str(e)
@@ -127,7 +136,7 @@ class SdcdService(service.MultiService):
             url = self.embedded.url
         pool = await redis_store.connect(url)
         self.store = redis_store.RedisStateStore(pool, self.config.redis.prefix)
-        self._wire(self.store)
+        await self._wire(self.store, pool)
         for name, port in self.ports.items():
             port.startReading()
             address = port.getHost()
@@ -136,7 +145,7 @@ class SdcdService(service.MultiService):
             )
         self.ready.callback(None)
 
-    def _wire(self, store) -> None:
+    async def _wire(self, store, pool) -> None:
         authenticator = Authenticator(store, time.time, self.config.clock_skew)
         system = SystemService(store, self.config.datacenter, host_facts())
         blobs = FileBlobStore(self.config.data_dir / "blobs", self._reactor)
@@ -147,12 +156,47 @@ class SdcdService(service.MultiService):
             ca_files=self.config.registry_ca_files,
         )
         images = ImageService(store, blobs, self.registry)
-        api = DockerAPI(system, images)
+        containers = await self._open_compute(store, pool, images, blobs)
+        api = DockerAPI(system, images, ContainerRoutes(containers, time.time))
         self.sites["docker"].resource = DockerRoot(api.resource(), authenticator, self._tls.ca_pem)
         if "cloudapi" in self.sites:
             accounts = AccountService(store, time.time)
             cloud = CloudAPI(authenticator, accounts, self.config.docker_url)
             self.sites["cloudapi"].resource = cloud.resource()
+
+    async def _open_compute(self, store, pool, images, blobs) -> ContainerService:
+        """The in-process compute node: bridge up, running containers re-attached, Redis
+        reconciled with what the node holds."""
+        compute_config = self.config.compute
+        bridge = BridgeConfig(compute_config.bridge, compute_config.subnet)
+        self.compute = LocalCompute(
+            self._reactor,
+            self.config.data_dir / "node",
+            blobs.path,
+            bridge,
+            dns=compute_config.dns,
+            node_id=compute_config.node_id,
+        )
+        network = {
+            "name": "bridge",
+            "subnet": bridge.subnet,
+            "gateway": bridge.gateway,
+            "prefix": bridge.prefixlen,
+        }
+        containers = ContainerService(
+            store,
+            images,
+            self.compute,
+            RedisIPAllocator(pool, self.config.redis.prefix),
+            self.config.packages,
+            network,
+            compute_config.default_memory,
+        )
+        await self.compute.open()
+        report = await containers.reconcile()
+        if report["lost"] or report["orphans"]:
+            self.log.warn("reconciled: {report}", report=report)
+        return containers
 
     def _failed(self, failure) -> None:
         self.log.failure("sdcd failed to start", failure)
@@ -162,6 +206,8 @@ class SdcdService(service.MultiService):
     async def _stop(self) -> None:
         for port in self.ports.values():
             await port.stopListening()
+        if self.compute is not None:
+            await self.compute.close()
         if self.registry is not None:
             await self.registry.close()
         if self.store is not None:

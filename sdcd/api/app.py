@@ -56,9 +56,14 @@ class DockerAPI:
 
     app = Klein()
 
-    def __init__(self, system: SystemService, images: ImageService) -> None:
+    def __init__(self, system: SystemService, images: ImageService, containers=None) -> None:
         self._system = system
         self._images = images
+        self._containers = containers
+
+    @app.route("/containers/", branch=True)
+    def containers(self, request):
+        return self._containers.resource()
 
     def resource(self):
         return self.app.resource()
@@ -222,6 +227,8 @@ class DockerAPI:
     @app.route("/images/<path:name>", methods=["DELETE"])
     async def remove_image(self, request, name: str) -> bytes:
         report = await self._images.remove(request.sdcd_account, name, force=flag(request, "force"))
+        if self._containers is not None and any("Deleted" in line for line in report):
+            self._containers.prune_layers()
         return json_body(request, report)
 
     @app.route("/auth", methods=["POST"])

@@ -19,6 +19,8 @@ STATUS = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.NotImplementedYet: 501,
+    errors.NotModified: 304,
+    errors.Unprocessable: 422,
 }
 
 
@@ -38,6 +40,9 @@ def write_json_error(request: IRequest, status: int, message: str) -> bytes:
 
 def render_failure(request: IRequest, failure: Failure) -> bytes:
     """A CoreError becomes its status; anything else is logged and a bare 500."""
+    if failure.check(errors.NotModified):
+        request.setResponseCode(304)
+        return b""
     if failure.check(errors.CoreError):
         return write_json_error(request, status_of(failure.value), failure.value.message)
     log.failure(

@@ -35,3 +35,14 @@ class Conflict(CoreError):
 
 class NotImplementedYet(CoreError):
     """An endpoint a later piece of work will provide."""
+
+
+class NotModified(CoreError):
+    """The object is already in the requested state (dockerd answers 304, no body)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+
+
+class Unprocessable(CoreError):
+    """Well-formed but unsatisfiable (SDC: no package fits the constraints)."""

@@ -515,6 +515,8 @@ class ImageService:
         ``{"Untagged": ...}``/``{"Deleted": ...}``."""
         image = await self.resolve(account, name)
         by_name = self._is_name(name, image)
+        if not by_name or len(image.repo_tags) + len(image.repo_digests) <= 1:
+            await self._check_unused(account, image, force)
         report: list[dict] = []
         if by_name:
             key = self._name_key(name)
@@ -538,6 +540,21 @@ class ImageService:
         for digest in orphaned:
             await self._blobs.delete(digest)
         return report
+
+    async def _check_unused(self, account: Account, image: ImageRecord, force: bool) -> None:
+        """dockerd's rule: an image a running container uses cannot go; one a stopped
+        container uses goes only when forced."""
+        for record, state in await self._records.list_containers(account.login):
+            if record.image_id != image.id:
+                continue
+            running = state.status in ("running", "paused", "restarting")
+            if running or not force:
+                how = "cannot be forced" if running else "must be forced"
+                kind = "running" if running else "stopped"
+                raise Conflict(
+                    f"conflict: unable to delete {short_id(image.id)} ({how}) - image is being "
+                    f"used by {kind} container {record.id[:12]}"
+                )
 
     @staticmethod
     def _is_name(name: str, image: ImageRecord) -> bool:

@@ -37,16 +37,18 @@ class SystemService:
         self._host = host_facts
 
     async def view(self, account: Account) -> AccountView:
-        # Containers and images arrive with their own issues; until then an account
-        # owns none, and the datacenter is the one in-process compute node.
+        # The datacenter is the one in-process compute node (until issue 7).
+        states = [state.status for _, state in await self._store.list_containers(account.login)]
+        running = sum(s in ("running", "restarting") for s in states)
+        paused = states.count("paused")
         return AccountView(
             login=account.login,
             datacenter=self._datacenter,
-            containers=0,
-            containers_running=0,
-            containers_paused=0,
-            containers_stopped=0,
-            images=0,
+            containers=len(states),
+            containers_running=running,
+            containers_paused=paused,
+            containers_stopped=len(states) - running - paused,
+            images=len(await self._store.list_images(account.login)),
             nodes=1,
             ncpu=self._host.ncpu,
             mem_total=self._host.mem_total,

@@ -86,3 +86,34 @@ class IImageRecords(Interface):
 
     def blob_referenced(digest):
         """Whether any record of any account references the blob."""
+
+
+class IContainerRecords(Interface):
+    """Containers per account: the record (config, placement) and the run state."""
+
+    def next_container_seq():
+        """A number that orders containers by creation across the datacenter."""
+
+    def create_container(record, state):
+        """Store a new container; ``AlreadyExists`` when the account has that name."""
+
+    def get_container(login, cid):
+        """(ContainerRecord, ContainerState) or None."""
+
+    def container_by_name(login, name):
+        """The id the account's ``name`` names, or None."""
+
+    def list_containers(login):
+        """Every (record, state) of the account."""
+
+    def set_container_state(login, cid, state):
+        """Replace the state; False when the container no longer exists."""
+
+    def rename_container(record, new_name):
+        """The renamed record; ``AlreadyExists`` when the name is taken."""
+
+    def delete_container(record):
+        """Remove the record, its state and its name; False if already gone."""
+
+    def node_containers(node):
+        """(login, id) of every container placed on ``node``."""

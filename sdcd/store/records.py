@@ -91,3 +91,40 @@ class ImageRecord:
             repo_tags=tuple(sorted(repo_tags)),
             repo_digests=tuple(sorted(repo_digests)),
         )
+
+
+@attrs.frozen
+class ContainerRecord(_JSONRecord):
+    """What sdcd knows of a container apart from its run state: the Docker config as
+    normalized at create, and where it lives. ``state`` lives in its own record
+    (``ContainerState``) because the node's events change it and nothing else."""
+
+    id: str
+    login: str
+    name: str
+    created: str
+    seq: int
+    image: str
+    image_id: str
+    config: dict
+    host_config: dict
+    package: dict
+    node: str
+    network: dict
+    ports: dict
+    args: tuple = ()
+
+
+@attrs.frozen
+class ContainerState(_JSONRecord):
+    """A container's run state as the node last reported it (``docker inspect``'s State)."""
+
+    status: str = "created"
+    pid: int = 0
+    exit_code: int = 0
+    oom_killed: bool = False
+    error: str = ""
+    started_at: str = "0001-01-01T00:00:00Z"
+    finished_at: str = "0001-01-01T00:00:00Z"
+    restart_count: int = 0
+    removing: bool = False

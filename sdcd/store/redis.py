@@ -16,7 +16,14 @@ import txredisapi
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from sdcd.store.interface import AlreadyExists, IImageRecords, IStateStore, NotFound
+from sdcd.store.containers import ContainerRecordsMixin
+from sdcd.store.interface import (
+    AlreadyExists,
+    IContainerRecords,
+    IImageRecords,
+    IStateStore,
+    NotFound,
+)
 from sdcd.store.records import Account, ImageRecord, KeyRecord
 
 _CREATE_ACCOUNT = """
@@ -164,8 +171,8 @@ def _image(raw: str, names) -> ImageRecord:
     )
 
 
-@implementer(IStateStore, IImageRecords)
-class RedisStateStore:
+@implementer(IStateStore, IImageRecords, IContainerRecords)
+class RedisStateStore(ContainerRecordsMixin):
     """The state store over a connected txredisapi pool."""
 
     def __init__(self, redis: Any, prefix: str = "sdcd:") -> None:

@@ -1,0 +1,263 @@
+"""Container routes (``/containers/...``): parse the request, call the ContainerService,
+render as dockerd does for the request's API version."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from sdcd.api import containerviews as views
+from sdcd.api.errors import render_failure
+from sdcd.api.filters import parse_filters
+from sdcd.api.logstream import LogWriter
+from sdcd.core import containerfilters
+from sdcd.core.containers import ContainerService
+from sdcd.core.errors import InvalidArgument
+
+MAX_BODY = 1024 * 1024
+
+
+def _arg(request, name: str, default: str | None = None) -> str | None:
+    values = request.args.get(name.encode())
+    return values[-1].decode("utf-8", "replace") if values else default
+
+
+def _flag(request, name: str, default: bool = False) -> bool:
+    value = _arg(request, name)
+    if value is None:
+        return default
+    return value.lower() in ("1", "true", "yes")
+
+
+def _int(request, name: str, default: int | None = None) -> int | None:
+    value = _arg(request, name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"invalid value for {name}: {value}") from None
+
+
+def _json(request, body: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(body).encode() + b"\n"
+
+
+def _no_content(request) -> bytes:
+    request.setResponseCode(204)
+    return b""
+
+
+def _read_body(request) -> dict:
+    raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+    if len(raw) > MAX_BODY:
+        raise InvalidArgument("request body too large")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        raise InvalidArgument(f"invalid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("invalid JSON: the body must be an object")
+    return body
+
+
+class ContainerRoutes:
+    """Mounted under ``/containers/`` by ``DockerAPI``."""
+
+    app = Klein()
+
+    def __init__(self, containers: ContainerService, clock) -> None:
+        self._containers = containers
+        self._clock = clock
+
+    def resource(self):
+        return self.app.resource()
+
+    def prune_layers(self) -> None:
+        """After an image is deleted: drop unpacked layers no container uses (in the
+        background; the layer cache is only a cache)."""
+        self._containers.prune_layers()
+
+    @app.handle_errors(Exception)
+    def _error(self, request, failure: Failure) -> bytes:
+        return render_failure(request, failure)
+
+    @app.route("/create", methods=["POST"])
+    async def create(self, request) -> bytes:
+        body = _read_body(request)
+        cid, warnings = await self._containers.create(
+            request.sdcd_account, body, request.sdcd_version, _arg(request, "name") or None
+        )
+        return _json(request, {"Id": cid, "Warnings": warnings}, 201)
+
+    @app.route("/json", methods=["GET"])
+    async def list(self, request) -> bytes:
+        account = request.sdcd_account
+        pairs = await self._containers.list(account)
+        by_ref = {}
+        for record, state in pairs:
+            by_ref[record.id] = by_ref["/" + record.name] = by_ref[record.name] = (record, state)
+        summaries = {r.id: views.summary_fields(r, s) for r, s in pairs}
+
+        def lookup(ref: str):
+            pair = by_ref.get(ref) or next(
+                (p for cid, p in by_ref.items() if len(ref) >= 1 and cid.startswith(ref)), None
+            )
+            return summaries[pair[0].id] if pair else None
+
+        chosen = containerfilters.filter_containers(
+            list(summaries.values()),
+            parse_filters(_arg(request, "filters")),
+            _flag(request, "all"),
+            _int(request, "limit", -1) or -1,
+            _arg(request, "before"),
+            _arg(request, "since"),
+            lookup,
+        )
+        now = self._clock()
+        with_size = _flag(request, "size")
+        out = []
+        for item in chosen:
+            record, state = by_ref[item["id"]]
+            size = await self._containers.disk_usage(record) if with_size else None
+            out.append(views.summary(record, state, now, request.sdcd_version, size))
+        return _json(request, out)
+
+    @app.route("/<ref>/json", methods=["GET"])
+    async def inspect(self, request, ref: str) -> bytes:
+        record, state = await self._containers.get(request.sdcd_account, ref)
+        size = await self._containers.disk_usage(record) if _flag(request, "size") else None
+        return _json(request, views.inspect(record, state, request.sdcd_version, size))
+
+    @app.route("/<ref>/start", methods=["POST"])
+    async def start(self, request, ref: str) -> bytes:
+        await self._containers.start(request.sdcd_account, ref)
+        return _no_content(request)
+
+    @app.route("/<ref>/stop", methods=["POST"])
+    async def stop(self, request, ref: str) -> bytes:
+        await self._containers.stop(request.sdcd_account, ref, _int(request, "t"))
+        return _no_content(request)
+
+    @app.route("/<ref>/restart", methods=["POST"])
+    async def restart(self, request, ref: str) -> bytes:
+        await self._containers.restart(request.sdcd_account, ref, _int(request, "t"))
+        return _no_content(request)
+
+    @app.route("/<ref>/kill", methods=["POST"])
+    async def kill(self, request, ref: str) -> bytes:
+        await self._containers.kill(request.sdcd_account, ref, _arg(request, "signal"))
+        return _no_content(request)
+
+    @app.route("/<ref>/pause", methods=["POST"])
+    async def pause(self, request, ref: str) -> bytes:
+        await self._containers.pause(request.sdcd_account, ref)
+        return _no_content(request)
+
+    @app.route("/<ref>/unpause", methods=["POST"])
+    async def unpause(self, request, ref: str) -> bytes:
+        await self._containers.unpause(request.sdcd_account, ref)
+        return _no_content(request)
+
+    @app.route("/<ref>/rename", methods=["POST"])
+    async def rename(self, request, ref: str) -> bytes:
+        name = _arg(request, "name")
+        if not name:
+            raise InvalidArgument("name is required")
+        await self._containers.rename(request.sdcd_account, ref, name)
+        return _no_content(request)
+
+    @app.route("/<ref>/top", methods=["GET"])
+    async def top(self, request, ref: str) -> bytes:
+        result = await self._containers.top(request.sdcd_account, ref, _arg(request, "ps_args"))
+        return _json(request, result)
+
+    @app.route("/<ref>/resize", methods=["POST"])
+    async def resize(self, request, ref: str) -> bytes:
+        height, width = _int(request, "h", 0), _int(request, "w", 0)
+        await self._containers.resize(request.sdcd_account, ref, height, width)
+        request.setResponseCode(200)
+        return b""
+
+    @app.route("/<ref>/wait", methods=["POST"])
+    async def wait(self, request, ref: str) -> bytes:
+        version = request.sdcd_version
+        condition = _arg(request, "condition") if version >= (1, 30) else None
+        waiting = defer.ensureDeferred(
+            self._containers.wait(request.sdcd_account, ref, condition or "not-running")
+        )
+        request.notifyFinish().addErrback(lambda _: waiting.cancel())
+        if version >= (1, 30):
+            # dockerd sends the headers at once, so that the client knows the wait is
+            # registered before it starts the container.
+            request.setResponseCode(200)
+            request.setHeader(b"content-type", b"application/json")
+            request.write(b"")
+        state = await waiting
+        body: dict[str, Any] = {"StatusCode": state.exit_code}
+        if version >= (1, 30):
+            body["Error"] = {"Message": state.error} if state.error else None
+        return _json(request, body)
+
+    @app.route("/<ref>", methods=["DELETE"])
+    async def remove(self, request, ref: str) -> bytes:
+        await self._containers.remove(request.sdcd_account, ref, _flag(request, "force"))
+        return _no_content(request)
+
+    @app.route("/<ref>/logs", methods=["GET"])
+    async def logs(self, request, ref: str) -> bytes:
+        stdout, stderr = _flag(request, "stdout"), _flag(request, "stderr")
+        if not (stdout or stderr):
+            raise InvalidArgument("Bad parameters: you must choose at least one stream")
+        record, _ = await self._containers.get(request.sdcd_account, ref)
+        options = {
+            "follow": _flag(request, "follow"),
+            "tail": _tail(_arg(request, "tail")),
+            "since": _time(_arg(request, "since")),
+            "until": _time(_arg(request, "until")),
+        }
+        writer = LogWriter(
+            request,
+            streams={s for s, on in (("stdout", stdout), ("stderr", stderr)) if on},
+            timestamps=_flag(request, "timestamps"),
+            multiplexed=not record.config.get("Tty"),
+            version=request.sdcd_version,
+        )
+        await self._containers.logs(request.sdcd_account, record.id, options, writer)
+        writer.finish()
+        return b""
+
+    @app.route("/<ref>/attach", methods=["POST"])
+    def attach(self, request, ref: str):
+        from sdcd.api.hijack import AttachResource
+
+        return AttachResource(self._containers, ref)
+
+
+def _tail(value: str | None) -> int | None:
+    if value in (None, "", "all"):
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise InvalidArgument(f"invalid value for tail: {value}") from None
+    return None if n < 0 else n
+
+
+def _time(value: str | None) -> float | None:
+    """dockerd's since/until: unix seconds with an optional fraction (the CLI converts
+    durations and dates to that)."""
+    if value in (None, "", "0"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidArgument(f"invalid value for time: {value}") from None

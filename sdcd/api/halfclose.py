@@ -1,0 +1,97 @@
+"""TLS with half-close, for hijacked streams.
+
+Twisted's TLS wrapper ends the whole connection when the peer sends ``close_notify`` or
+a bare FIN. A docker client half-closes as soon as it has no more stdin to send (at
+once, for ``docker run`` without ``-i``) and still expects the container's output.
+Once a connection is hijacked, this wrapper turns the peer's close_notify or FIN into
+``readConnectionLost`` on the stream and keeps writing; our own ``loseConnection``
+then sends close_notify and closes the TCP connection. Until then it behaves exactly as
+Twisted's TLS wrapper.
+"""
+
+from __future__ import annotations
+
+from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
+    """A TLS server connection that a hijacked stream can take over."""
+
+    _stream = None
+    _peer_closed = False
+    _tcp_read_closed = False
+
+    def hijack(self, stream) -> None:
+        """From now on application bytes go to ``stream.dataReceived`` and the peer's end
+        of input to ``stream.readConnectionLost``."""
+        self._stream = stream
+
+    def _flushReceiveBIO(self):
+        if self._stream is None:
+            return super()._flushReceiveBIO()
+        while not self._lostTLSConnection and not self._peer_closed:
+            try:
+                data = self._tlsConnection.recv(2**15)
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                self._peer_finished()
+                break
+            except Error:
+                self._tlsShutdownFinished(Failure())
+                break
+            else:
+                if not self._aborted:
+                    self._stream.dataReceived(data)
+        self._flushSendBIO()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._peer_closed:
+            return
+        super().dataReceived(data)
+
+    def _peer_finished(self) -> None:
+        if self._peer_closed:
+            return
+        self._peer_closed = True
+        self._stream.readConnectionLost()
+
+    # IHalfCloseableProtocol, for the TCP transport under us.
+
+    def readConnectionLost(self) -> None:
+        self._tcp_read_closed = True
+        if self._stream is not None:
+            self._peer_finished()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def _shutdownTLS(self):
+        super()._shutdownTLS()
+        if self._tcp_read_closed or self._peer_closed:
+            # The peer will send nothing more (no close_notify reply is coming): close
+            # the TCP connection after our close_notify.
+            self.transport.loseConnection()
+
+
+class HalfCloseTLSFactory(TLSMemoryBIOFactory):
+    """``TLSMemoryBIOFactory`` making ``HalfCloseTLSProtocol`` connections."""
+
+    protocol = HalfCloseTLSProtocol
+
+
+def hijack_transport(transport, stream) -> None:
+    """Point a connection's input at ``stream`` (a TLS connection of ours, or plain TCP
+    where the channel stays the receiver)."""
+    if isinstance(transport, HalfCloseTLSProtocol):
+        transport.hijack(stream)
+    elif isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = stream

@@ -1,0 +1,111 @@
+"""``ICompute``: what ``sdcd.core`` asks of a compute node.
+
+Every argument and result is plain JSON (dicts, lists, strings, numbers), so that a
+remote agent (issue 7) can carry the same calls over its internal API without
+``sdcd.core`` noticing. Methods return Deferreds.
+
+The node spec (``prepare``'s argument) is made by ``sdcd.core.containers`` from the
+Docker config; its keys are documented in ``sdcd.compute.spec``. On top of those the node
+reads ``image_layers`` (bottom first: ``digest``, ``diff_id``, ``media_type``, ``size``),
+``restart_policy`` (``{"Name": ..., "MaximumRetryCount": n}``), ``log_driver``
+(``json-file`` or ``none``) and ``stop_timeout``.
+
+A container's *node state* (``state``/``list``/events) is::
+
+    {"id", "status": "created"|"running"|"paused"|"restarting"|"exited"|"dead",
+     "pid", "exit_code", "oom_killed", "started_at", "finished_at", "restart_count",
+     "error"}
+
+Node events, delivered to every subscriber in order per container::
+
+    {"id", "action": "start"|"die"|"oom"|"pause"|"unpause"|"restart", "state": <node state>}
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class ComputeError(Exception):
+    """A node refused or failed an operation; ``message`` is for the user."""
+
+    def __init__(self, message: str, kind: str = "failed") -> None:
+        super().__init__(message)
+        self.message = message
+        #: "not_found" (no such container on the node), "conflict" (wrong state),
+        #: "invalid" (the spec cannot run: bad user, no such executable), "failed".
+        self.kind = kind
+
+
+class ILogConsumer(Interface):
+    """Receives a container's log entries; may pause the source (back-pressure)."""
+
+    def entry(stream, data, time):
+        """One log line: ``stream`` "stdout"/"stderr", ``data`` bytes, RFC 3339 ``time``."""
+
+    def registerProducer(producer, streaming):
+        """The log source; ``pauseProducing``/``resumeProducing``/``stopProducing``."""
+
+    def unregisterProducer():
+        """The source is done (end of log, or the container exited when following)."""
+
+
+class ICompute(Interface):
+    """One compute node."""
+
+    node_id = Attribute("The node's stable id (a UUID).")
+
+    def info():
+        """Deferred dict: id, hostname, address, subnet, gateway, ncpu, memory, disk."""
+
+    def prepare(spec):
+        """Make the container ready to start: layers unpacked, rootfs mounted, network
+        namespace with its IP, runtime bundle. Idempotent (a retried create after a crash
+        finishes the job). Deferred None."""
+
+    def start(cid):
+        """Start (or restart) the container's process. Deferred node state. Errors:
+        ComputeError kind "invalid" when the process cannot run (no such executable)."""
+
+    def stop(cid, timeout):
+        """Stop signal, then SIGKILL after ``timeout`` seconds; no restart by policy.
+        Deferred node state."""
+
+    def kill(cid, signal):
+        """Send ``signal`` (name or number). Deferred None."""
+
+    def pause(cid):
+        """Freeze every process. Deferred None."""
+
+    def unpause(cid):
+        """Thaw. Deferred None."""
+
+    def top(cid, ps_args):
+        """Deferred {"Titles": [...], "Processes": [[...], ...]}."""
+
+    def resize(cid, height, width):
+        """Set the tty size. Deferred None."""
+
+    def remove(cid):
+        """Kill if running, then remove everything the node holds for the container
+        (mount, network namespace, bundle, log). Idempotent. Deferred None."""
+
+    def state(cid):
+        """Deferred node state, or None when the node has no such container."""
+
+    def list():
+        """Deferred {cid: node state} of every container the node holds."""
+
+    def logs(cid, options, consumer):
+        """Send log entries to ``consumer`` (an ILogConsumer). ``options``: ``tail`` (int or
+        None), ``since``/``until`` (unix seconds or None), ``follow`` (bool). Deferred that
+        fires when the stream ends."""
+
+    def subscribe(listener):
+        """Call ``listener(event)`` for every node event from now on."""
+
+    def disk_usage(cid):
+        """Deferred {"rw": bytes written by the container, "rootfs": rw + its image}."""
+
+    def prune_layers():
+        """Remove unpacked layers no container uses. Deferred list of diff_ids."""

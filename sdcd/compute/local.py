@@ -1,0 +1,566 @@
+"""``LocalCompute``: the compute node in this process (the embedded default; issue 7's
+agent wraps the same class).
+
+On disk, under ``root``::
+
+    layers/                    the layer cache (one unpacked dir per diff_id)
+    runtime/                   runc's state, conmon's exit/persist dirs
+    containers/<id>/spec.json  the node spec, written first (a crashed create is finished
+                               or undone from it)
+                   state.json  the node state (survives sdcd restarts)
+                   bundle/     config.json for runc; rootfs/ is the overlay mount
+                   upper/ work/ files/ (hosts, resolv.conf, hostname)  container.log
+
+Containers run under conmon, which outlives sdcd: on start the node re-attaches to the
+running ones, records the exits it missed and applies restart policies to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from sdcd.compute import etcfiles, network, rootfs, users
+from sdcd.compute import spec as runtime_spec
+from sdcd.compute.conmon import Runtime, RuntimeFailure
+from sdcd.compute.host import host_facts
+from sdcd.compute.interface import ComputeError, ICompute
+from sdcd.compute.layers import LayerCache
+from sdcd.compute.logs import LogFollower
+
+BACKOFF_START = 0.1
+BACKOFF_CAP = 60.0
+#: A run this long resets the restart back-off (as dockerd does).
+STABLE_RUN = 10.0
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+class _Container:
+    """What the node keeps in memory of one container."""
+
+    def __init__(self, directory: Path, spec: dict, state: dict) -> None:
+        self.dir = directory
+        self.spec = spec
+        self.state = state
+        self.stopping = False
+        self.restart_call = None
+        self.watching = False
+
+    @property
+    def id(self) -> str:
+        return self.spec["id"]
+
+    def save(self) -> None:
+        _write_json(self.dir / "state.json", self.state)
+
+
+def _initial_state(cid: str) -> dict:
+    return {
+        "id": cid,
+        "status": "created",
+        "pid": 0,
+        "exit_code": 0,
+        "oom_killed": False,
+        "started_at": "",
+        "finished_at": "",
+        "restart_count": 0,
+        "error": "",
+        "manually_stopped": False,
+        "backoff": 0,
+    }
+
+
+def _public(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k not in ("manually_stopped", "backoff")}
+
+
+@implementer(ICompute)
+class LocalCompute:
+    """One compute node, in process."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor,
+        root: Path,
+        blob_path: Callable[[str], Path],
+        bridge: network.BridgeConfig,
+        dns: tuple[str, ...] = (),
+        node_id: str = "",
+    ) -> None:
+        self._reactor = reactor
+        self._root = root
+        self._blob_path = blob_path
+        self._bridge = bridge
+        self._dns = list(dns)
+        self.node_id = node_id or self._stored_node_id()
+        self._layers = LayerCache(root / "layers", reactor)
+        self._runtime = Runtime(root / "runtime", reactor)
+        self._containers: dict[str, _Container] = {}
+        self._listeners: list[Callable[[dict], None]] = []
+        self._followers: dict[str, set] = {}
+
+    def _stored_node_id(self) -> str:
+        self._root.mkdir(parents=True, exist_ok=True)
+        path = self._root / "node-id"
+        if not path.exists():
+            path.write_text(str(uuid.uuid4()))
+        return path.read_text().strip()
+
+    # -- start-up ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Bring the node up: the bridge, then every container it holds, re-attached."""
+        (self._root / "containers").mkdir(parents=True, exist_ok=True)
+        await network.ensure_bridge(self._bridge)
+        for directory in sorted((self._root / "containers").iterdir()):
+            await self._recover(directory)
+
+    async def _recover(self, directory: Path) -> None:
+        try:
+            spec = json.loads((directory / "spec.json").read_text())
+        except (OSError, ValueError):
+            self.log.warn("removing unreadable container dir {d}", d=str(directory))
+            await threads.deferToThread(shutil.rmtree, directory, True)
+            return
+        try:
+            state = json.loads((directory / "state.json").read_text())
+        except (OSError, ValueError):
+            state = _initial_state(spec["id"])
+        c = _Container(directory, spec, state)
+        self._containers[c.id] = c
+        if state["status"] in ("running", "paused"):
+            runtime = await self._runtime.state(c.id)
+            if runtime and runtime.get("status") in ("running", "paused", "created"):
+                self._watch(c)
+                return
+            exit_status = self._runtime.exit_status(c.id)
+            await self._exited(c, exit_status, recovering=True)
+        elif state["status"] == "restarting" or self._restart_on_boot(c):
+            self._schedule_restart(c, 0)
+
+    def _restart_on_boot(self, c: _Container) -> bool:
+        """A container that was running when the node went down (its exit seen while
+        recovering) is handled by ``_exited``; this is for ones already exited."""
+        return False
+
+    # -- ICompute ---------------------------------------------------------------------
+
+    async def info(self) -> dict:
+        facts = host_facts()
+        return {
+            "id": self.node_id,
+            "hostname": facts.hostname,
+            "address": self._bridge.gateway,
+            "subnet": self._bridge.subnet,
+            "gateway": self._bridge.gateway,
+            "ncpu": facts.ncpu,
+            "memory": facts.mem_total,
+            "disk": shutil.disk_usage(self._root).total,
+        }
+
+    def subscribe(self, listener: Callable[[dict], None]) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, c: _Container, action: str) -> None:
+        event = {
+            "id": c.id,
+            "owner": c.spec.get("owner"),
+            "action": action,
+            "state": _public(c.state),
+        }
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                self.log.failure("node event listener failed")
+
+    def _get(self, cid: str) -> _Container:
+        c = self._containers.get(cid)
+        if c is None:
+            raise ComputeError(f"No such container: {cid}", "not_found")
+        return c
+
+    async def prepare(self, spec: dict) -> None:
+        cid = spec["id"]
+        directory = self._root / "containers" / cid
+        c = self._containers.get(cid)
+        if c is None:
+            await threads.deferToThread(self._make_dirs, directory, spec)
+            c = _Container(directory, spec, _initial_state(cid))
+            c.save()
+            self._containers[cid] = c
+        await self._mount(c)
+        etcfiles_dir = directory / "files"
+        await threads.deferToThread(
+            runtime_spec.write_files, spec, etcfiles_dir, self._dns or etcfiles.host_resolvers()
+        )
+        await self._endpoint(c)
+
+    @staticmethod
+    def _make_dirs(directory: Path, spec: dict) -> None:
+        for sub in ("bundle/rootfs", "upper", "work", "files"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        _write_json(directory / "spec.json", spec)
+
+    async def _mount(self, c: _Container) -> None:
+        target = c.dir / "bundle" / "rootfs"
+        if rootfs.is_mounted(target):
+            return
+        diff_ids = []
+        for layer in c.spec["image_layers"]:
+            await self._layers.ensure(
+                layer["diff_id"], self._blob_path(layer["digest"]), layer["media_type"]
+            )
+            diff_ids.append(layer["diff_id"])
+        if diff_ids:
+            cwd, lower = self._layers.lower_dirs(diff_ids)
+        else:
+            cwd, lower = c.dir, [Path("empty")]
+            (c.dir / "empty").mkdir(exist_ok=True)
+        try:
+            await rootfs.mount_overlay(lower, c.dir / "upper", c.dir / "work", target, cwd=cwd)
+        except rootfs.RootfsError as e:
+            raise ComputeError(f"cannot mount the container's root filesystem: {e}") from None
+
+    async def _endpoint(self, c: _Container) -> None:
+        if await network.endpoint_exists(c.id):
+            return
+        net = c.spec["network"]
+        await network.create_endpoint(c.id, self._bridge, net["ip"], net["mac"])
+
+    def _bundle_config(self, c: _Container) -> dict:
+        target = c.dir / "bundle" / "rootfs"
+        try:
+            uid, gid, extra, _home = users.resolve_user(target, c.spec.get("user") or "")
+        except users.UserError as e:
+            raise ComputeError(str(e), "invalid") from None
+        config = runtime_spec.runtime_spec(
+            c.spec,
+            target,
+            network.netns_path(c.id),
+            f"/sdcd/{c.id}",
+            c.dir / "files",
+            uid,
+            gid,
+            extra,
+        )
+        return config
+
+    async def start(self, cid: str) -> dict:
+        c = self._get(cid)
+        if c.state["status"] in ("running", "paused"):
+            raise ComputeError(f"Container {cid} is already running", "conflict")
+        self._cancel_restart(c)
+        c.state["manually_stopped"] = False
+        c.state["restart_count"] = 0
+        c.state["backoff"] = 0
+        return await self._run(c)
+
+    async def _run(self, c: _Container) -> dict:
+        """Start the process; the node state as of the start (a process that exits at
+        once is reported by its "die" event, after "start")."""
+        await self._mount(c)
+        await self._endpoint(c)
+        config = await threads.deferToThread(self._bundle_config, c)
+        _write_json(c.dir / "bundle" / "config.json", config)
+        log_path = None if c.spec.get("log_driver") == "none" else self._log_path(c)
+        try:
+            pid = await self._runtime.start(
+                c.id,
+                c.dir / "bundle",
+                log_path,
+                tty=bool(c.spec.get("tty")),
+                open_stdin=bool(c.spec.get("open_stdin")),
+            )
+        except RuntimeFailure as e:
+            message = f"OCI runtime create failed: {e.message}: unknown"
+            c.state.update(
+                status="created" if c.state["status"] == "created" else "exited",
+                exit_code=_exec_failure_code(e.message),
+                error=message,
+                pid=0,
+            )
+            c.save()
+            for follower in list(self._followers.get(c.id, ())):
+                follower.container_exited()
+            raise ComputeError(message, "invalid") from None
+        c.state.update(status="running", pid=pid, started_at=_now(), error="", oom_killed=False)
+        c.save()
+        started = _public(c.state)
+        self._emit(c, "start")
+        self._watch(c)
+        return started
+
+    def _watch(self, c: _Container) -> None:
+        if c.watching:
+            return
+        c.watching = True
+        d = defer.ensureDeferred(self._runtime.wait(c.id))
+
+        def exited(status):
+            c.watching = False
+            return defer.ensureDeferred(self._exited(c, status))
+
+        d.addCallback(exited)
+        d.addErrback(lambda f: self.log.failure("watching {cid}", f, cid=c.id))
+
+    async def _exited(self, c: _Container, status, recovering: bool = False) -> None:
+        if c.id not in self._containers:
+            return
+        ran = 0.0
+        if status is None:
+            c.state.update(exit_code=255, error="container process lost", finished_at=_now())
+        else:
+            c.state.update(
+                exit_code=status.exit_code,
+                oom_killed=status.oom_killed,
+                finished_at=status.finished_at,
+            )
+            ran = _seconds_between(c.state.get("started_at"), status.finished_at)
+        c.state.update(status="exited", pid=0)
+        await self._runtime.delete(c.id)
+        if c.state.get("oom_killed"):
+            self._emit(c, "oom")
+        restart = self._should_restart(c)
+        if ran >= STABLE_RUN:
+            c.state["backoff"] = 0
+        if restart:
+            c.state["status"] = "restarting"
+        c.save()
+        self._emit(c, "die")
+        if restart:
+            delay = min(BACKOFF_START * 2 ** c.state["backoff"], BACKOFF_CAP)
+            c.state["backoff"] += 1
+            c.save()
+            self._schedule_restart(c, delay)
+        for follower in list(self._followers.get(c.id, ())):
+            follower.container_exited()
+
+    def _should_restart(self, c: _Container) -> bool:
+        if c.stopping or c.state.get("manually_stopped"):
+            return False
+        policy = c.spec.get("restart_policy") or {}
+        name = policy.get("Name") or "no"
+        if name in ("always", "unless-stopped"):
+            return True
+        if name == "on-failure":
+            limit = policy.get("MaximumRetryCount") or 0
+            failed = c.state["exit_code"] != 0
+            return failed and (limit == 0 or c.state["restart_count"] < limit)
+        return False
+
+    def _schedule_restart(self, c: _Container, delay: float) -> None:
+        self._cancel_restart(c)
+        c.restart_call = self._reactor.callLater(delay, self._restart_now, c)
+
+    def _cancel_restart(self, c: _Container) -> None:
+        if c.restart_call is not None and c.restart_call.active():
+            c.restart_call.cancel()
+        c.restart_call = None
+
+    def _restart_now(self, c: _Container) -> None:
+        c.restart_call = None
+        if c.id not in self._containers or c.state.get("manually_stopped"):
+            return
+        c.state["restart_count"] += 1
+        d = defer.ensureDeferred(self._run(c))
+
+        def failed(f):
+            self.log.failure("restarting {cid}", f, cid=c.id)
+            c.state["status"] = "exited"
+            c.save()
+            self._emit(c, "die")
+
+        d.addErrback(failed)
+
+    async def stop(self, cid: str, timeout: float) -> dict:
+        c = self._get(cid)
+        c.state["manually_stopped"] = True
+        self._cancel_restart(c)
+        if c.state["status"] == "restarting":
+            c.state["status"] = "exited"
+            c.save()
+            return _public(c.state)
+        if c.state["status"] not in ("running", "paused"):
+            c.save()
+            return _public(c.state)
+        c.stopping = True
+        try:
+            if c.state["status"] == "paused":
+                await self._runtime.resume(cid)
+            status = await self._runtime.stop(cid, c.spec.get("stop_signal") or "SIGTERM", timeout)
+            if c.state["status"] in ("running", "paused"):
+                await self._exited(c, status)
+        finally:
+            c.stopping = False
+        return _public(c.state)
+
+    async def kill(self, cid: str, signal: str) -> None:
+        c = self._get(cid)
+        if c.state["status"] not in ("running", "paused"):
+            raise ComputeError(f"Container {cid} is not running", "conflict")
+        if signal in ("SIGKILL", "9", "KILL"):
+            c.state["manually_stopped"] = True
+            c.save()
+        try:
+            await self._runtime.kill(cid, signal)
+        except RuntimeFailure as e:
+            raise ComputeError(str(e), "invalid") from None
+
+    async def pause(self, cid: str) -> None:
+        c = self._get(cid)
+        await self._runtime.pause(cid)
+        c.state["status"] = "paused"
+        c.save()
+        self._emit(c, "pause")
+
+    async def unpause(self, cid: str) -> None:
+        c = self._get(cid)
+        await self._runtime.resume(cid)
+        c.state["status"] = "running"
+        c.save()
+        self._emit(c, "unpause")
+
+    async def top(self, cid: str, ps_args: str) -> dict:
+        self._get(cid)
+        try:
+            titles, processes = await self._runtime.top(cid, ps_args)
+        except RuntimeFailure as e:
+            raise ComputeError(str(e), "failed") from None
+        return {"Titles": titles, "Processes": processes}
+
+    async def resize(self, cid: str, height: int, width: int) -> None:
+        c = self._get(cid)
+        if not c.spec.get("tty"):
+            return
+        resize = getattr(self._runtime, "resize", None)
+        if resize is not None:
+            await resize(cid, height, width)
+
+    async def remove(self, cid: str) -> None:
+        c = self._containers.get(cid)
+        directory = c.dir if c else self._root / "containers" / cid
+        if c is not None:
+            c.state["manually_stopped"] = True
+            self._cancel_restart(c)
+            c.stopping = True
+        state = await self._runtime.state(cid)
+        if state is not None and state.get("status") in ("running", "paused", "created"):
+            if state.get("status") == "paused":
+                await self._runtime.resume(cid)
+            await self._runtime.kill(cid, "SIGKILL", all_procs=True)
+            await self._runtime.wait(cid)
+        await self._runtime.delete(cid)
+        self._containers.pop(cid, None)
+        for follower in list(self._followers.pop(cid, ())):
+            follower.container_exited()
+        await rootfs.unmount(directory / "bundle" / "rootfs")
+        await network.remove_endpoint(cid)
+        await threads.deferToThread(shutil.rmtree, directory, True)
+
+    async def state(self, cid: str) -> dict | None:
+        c = self._containers.get(cid)
+        return _public(c.state) if c else None
+
+    async def list(self) -> dict:
+        return {cid: _public(c.state) for cid, c in self._containers.items()}
+
+    async def logs(self, cid: str, options: dict, consumer) -> None:
+        c = self._get(cid)
+        running = c.state["status"] in ("running", "paused", "restarting")
+        if options.get("attach"):
+            # From what is there now; a log that does not exist yet (attach before the
+            # first start) is followed from its beginning.
+            path = self._log_path(c)
+            follower = LogFollower(path, self._reactor, follow=True, from_end=path.exists())
+        else:
+            follow = bool(options.get("follow")) and running and options.get("until") is None
+            follower = LogFollower(
+                self._log_path(c),
+                self._reactor,
+                since=options.get("since"),
+                until=options.get("until"),
+                tail=options.get("tail"),
+                follow=follow,
+            )
+        followers = self._followers.setdefault(cid, set())
+        followers.add(follower)
+        try:
+            await follower.run(consumer, stop_on_exit=True)
+        finally:
+            followers.discard(follower)
+
+    @staticmethod
+    def _log_path(c: _Container) -> Path:
+        return c.dir / "container.log"
+
+    async def disk_usage(self, cid: str) -> dict:
+        c = self._get(cid)
+        rw = await threads.deferToThread(_du, c.dir / "upper")
+        layers = 0
+        for layer in c.spec["image_layers"]:
+            layers += await threads.deferToThread(_du, self._layers.path(layer["diff_id"]))
+        return {"rw": rw, "rootfs": rw + layers}
+
+    async def prune_layers(self) -> list[str]:
+        in_use = {
+            layer["diff_id"] for c in self._containers.values() for layer in c.spec["image_layers"]
+        }
+        return await self._layers.prune(in_use)
+
+    async def close(self) -> None:
+        """Stop timers; the containers keep running under conmon."""
+        for c in self._containers.values():
+            self._cancel_restart(c)
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def _seconds_between(start: str | None, end: str | None) -> float:
+    def parse(text: str) -> float:
+        main, _, frac = text.rstrip("Z").partition(".")
+        base = datetime.datetime.fromisoformat(main).replace(tzinfo=datetime.UTC).timestamp()
+        return base + (float("0." + frac) if frac.isdigit() else 0.0)
+
+    try:
+        return parse(end) - parse(start)
+    except (TypeError, ValueError, AttributeError):
+        return 0.0
+
+
+def _exec_failure_code(message: str) -> int:
+    """dockerd's exit codes for a process that could not start."""
+    if "not found" in message or "no such file" in message.lower():
+        return 127
+    if "permission denied" in message.lower():
+        return 126
+    return 128

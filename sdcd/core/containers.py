@@ -1,0 +1,557 @@
+"""Containers: what ``docker create/start/stop/rm/...`` decide.
+
+The service keeps Redis (the system of record) and the compute node in step. The node
+owns the run state: its events (start, die, oom, ...) are the only thing that changes a
+container's ``ContainerState`` once it exists, apart from the removal itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import re
+import secrets
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from sdcd.compute.interface import ComputeError
+from sdcd.core import createspec, names, packages
+from sdcd.core.errors import (
+    Conflict,
+    CoreError,
+    InvalidArgument,
+    NotFound,
+    NotImplementedYet,
+    NotModified,
+)
+from sdcd.core.images import ImageService, require_provisioning, short_id
+from sdcd.store.interface import AlreadyExists
+from sdcd.store.records import Account, ContainerRecord, ContainerState
+
+PACKAGE_LABEL = "com.joyent.package"
+NETWORK_NAME = "bridge"
+DEFAULT_STOP_TIMEOUT = 10
+ZERO_TIME = "0001-01-01T00:00:00Z"
+RUNNING = ("running", "paused", "restarting")
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _state_from_node(node: dict, old: ContainerState) -> ContainerState:
+    return ContainerState(
+        status=node.get("status", old.status),
+        pid=node.get("pid") or 0,
+        exit_code=node.get("exit_code", old.exit_code) or 0,
+        oom_killed=bool(node.get("oom_killed", False)),
+        error=node.get("error") or "",
+        started_at=node.get("started_at") or old.started_at,
+        finished_at=node.get("finished_at") or old.finished_at,
+        restart_count=node.get("restart_count", old.restart_count) or 0,
+        removing=old.removing,
+    )
+
+
+class _Waiters:
+    """In-process waiters for state changes of a container (``docker wait``)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[tuple[Callable, defer.Deferred]]] = defaultdict(list)
+
+    def wait(self, cid: str, predicate: Callable[[str, ContainerState | None], bool]):
+        d: defer.Deferred = defer.Deferred()
+        self._waiting[cid].append((predicate, d))
+        return d
+
+    def notify(self, cid: str, action: str, state: ContainerState | None) -> None:
+        keep = []
+        for predicate, d in self._waiting.pop(cid, []):
+            if predicate(action, state):
+                d.callback(state)
+            else:
+                keep.append((predicate, d))
+        if keep:
+            self._waiting[cid].extend(keep)
+
+
+class ContainerService:
+    """The container operations of one datacenter (one compute node for now)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store,
+        images: ImageService,
+        compute,
+        ipam,
+        package_list: tuple[packages.Package, ...],
+        network: dict[str, Any],
+        default_memory_mib: int = 1024,
+    ) -> None:
+        self._store = store
+        self._images = images
+        self._compute = compute
+        self._ipam = ipam
+        self._packages = package_list
+        #: {"name", "subnet", "gateway", "prefix"} of the node's bridge network.
+        self._network = network
+        self._default_memory = default_memory_mib
+        self._waiters = _Waiters()
+        self._rng = random.Random()
+        compute.subscribe(self._on_event)
+
+    # -- lookups ----------------------------------------------------------------------
+
+    async def get(self, account: Account, ref: str) -> tuple[ContainerRecord, ContainerState]:
+        """A container of the account by full id, name or unique id prefix."""
+        found = await self._find(account.login, ref)
+        if found is None:
+            raise NotFound(f"No such container: {ref}")
+        return found
+
+    async def _find(self, login: str, ref: str):
+        ref = ref.removeprefix("/")
+        if not ref:
+            return None
+        if re.fullmatch(r"[0-9a-f]{64}", ref):
+            found = await self._store.get_container(login, ref)
+            if found:
+                return found
+        cid = await self._store.container_by_name(login, ref)
+        if cid:
+            return await self._store.get_container(login, cid)
+        if re.fullmatch(r"[0-9a-f]{1,63}", ref):
+            matches = [
+                pair
+                for pair in await self._store.list_containers(login)
+                if pair[0].id.startswith(ref)
+            ]
+            if len(matches) > 1:
+                raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
+            return matches[0] if matches else None
+        return None
+
+    async def list(self, account: Account) -> list[tuple[ContainerRecord, ContainerState]]:
+        return await self._store.list_containers(account.login)
+
+    # -- create -----------------------------------------------------------------------
+
+    async def create(
+        self, account: Account, body: dict, version: tuple[int, int], name: str | None
+    ) -> tuple[str, list[str]]:
+        """``POST /containers/create``: (id, warnings)."""
+        require_provisioning(account)
+        createspec.refusals_check(body)
+        config, host_config = createspec.normalize_create(body, version)
+        if name:
+            name = names.valid_name(name)
+        image = await self._images.resolve(account, config.get("Image") or "")
+        image_config = self._images.config(image).get("config") or {}
+        package = packages.select_package(
+            self._packages,
+            config.get("Labels") or {},
+            createspec.parse_memory(host_config),
+            self._default_memory,
+        )
+        cid = secrets.token_hex(32)
+        args = createspec.merge_command(image_config, config)
+        config = self._effective_config(cid, config, image_config, image, package)
+        host_config["RestartPolicy"] = createspec.restart_policy(host_config)
+        ports = createspec.parse_ports(
+            config.get("ExposedPorts") or {},
+            host_config.get("PortBindings") or {},
+            bool(host_config.get("PublishAllPorts")),
+        )
+        host_config["PortBindings"] = ports
+        host_config["Memory"] = package.memory * 1024 * 1024
+        await self._create(account, cid, name, config, host_config, image, package, ports, args)
+        return cid, createspec.resource_warnings(host_config)
+
+    def _effective_config(self, cid, config, image_config, image, package) -> dict:
+        """Config as dockerd stores it: the image's defaults filled in."""
+        config = dict(config)
+        config["Hostname"] = config.get("Hostname") or cid[:12]
+        config["Env"] = createspec.merge_env(image_config.get("Env") or [], config.get("Env") or [])
+        for key in ("WorkingDir", "User", "StopSignal"):
+            if not config.get(key) and image_config.get(key):
+                config[key] = image_config[key]
+        config["Entrypoint"], config["Cmd"] = createspec.merge_entrypoint_cmd(image_config, config)
+        exposed = dict(image_config.get("ExposedPorts") or {})
+        exposed.update(config.get("ExposedPorts") or {})
+        config["ExposedPorts"] = exposed or None
+        volumes = dict(image_config.get("Volumes") or {})
+        volumes.update(config.get("Volumes") or {})
+        config["Volumes"] = volumes or None
+        labels = dict(image_config.get("Labels") or {})
+        labels.update(config.get("Labels") or {})
+        labels[PACKAGE_LABEL] = package.name
+        config["Labels"] = labels
+        config["Image"] = config.get("Image") or image.id
+        return config
+
+    async def _create(self, account, cid, name, config, host_config, image, package, ports, args):
+        login = account.login
+        auto = name is None
+        name = name or await self._random_name(login)
+        node = self._compute.node_id
+        ip = await self._ipam.allocate(self._network["name"], self._network["subnet"], cid)
+        record = ContainerRecord(
+            id=cid,
+            login=login,
+            name=name,
+            created=now(),
+            seq=await self._store.next_container_seq(),
+            image=config["Image"],
+            image_id=image.id,
+            config=config,
+            host_config=host_config,
+            package=package.to_json(),
+            node=node,
+            network=self._endpoint(ip),
+            ports=ports,
+            args=tuple(args),
+        )
+        try:
+            await self._store.create_container(record, ContainerState())
+        except AlreadyExists:
+            await self._ipam.release(self._network["name"], cid)
+            if auto:
+                return await self._create(
+                    account, cid, None, config, host_config, image, package, ports, args
+                )
+            holder = await self._store.container_by_name(login, name)
+            raise Conflict(
+                f'Conflict. The container name "/{name}" is already in use by container '
+                f'"{holder}". You have to remove (or rename) that container to be able to '
+                "reuse that name."
+            ) from None
+        try:
+            await self._compute.prepare(self._node_spec(record, image, package, args))
+        except Exception as e:
+            await self._undo_create(record)
+            raise _compute_error(e, record.id) from None
+        return []
+
+    async def _undo_create(self, record: ContainerRecord) -> None:
+        try:
+            await self._compute.remove(record.id)
+        finally:
+            await self._store.delete_container(record)
+            await self._ipam.release(self._network["name"], record.id)
+
+    async def _random_name(self, login: str) -> str:
+        taken = {r.name for r, _ in await self._store.list_containers(login)}
+        return names.random_name(self._rng, taken.__contains__)
+
+    def _endpoint(self, ip: str) -> dict:
+        from sdcd.compute.network import mac_for_ip
+
+        return {
+            "ip": ip,
+            "prefix": self._network["prefix"],
+            "gateway": self._network["gateway"],
+            "mac": mac_for_ip(ip),
+            "network": self._network["name"],
+        }
+
+    def _node_spec(self, record: ContainerRecord, image, package, args) -> dict:
+        config, host = record.config, record.host_config
+        return {
+            "id": record.id,
+            "owner": record.login,
+            "name": "/" + record.name,
+            "hostname": config["Hostname"],
+            "domainname": config.get("Domainname") or "",
+            "args": list(args),
+            "env": list(config.get("Env") or []),
+            "cwd": config.get("WorkingDir") or "/",
+            "user": config.get("User") or "",
+            "tty": bool(config.get("Tty")),
+            "open_stdin": bool(config.get("OpenStdin")),
+            "stdin_once": bool(config.get("StdinOnce")),
+            "labels": dict(config.get("Labels") or {}),
+            "stop_signal": config.get("StopSignal") or "SIGTERM",
+            "stop_timeout": _stop_timeout(config, None),
+            "resources": package.limits(pids_limit=host.get("PidsLimit")),
+            "network": {k: record.network[k] for k in ("ip", "prefix", "gateway", "mac")},
+            "dns": list(host.get("Dns") or []),
+            "dns_search": list(host.get("DnsSearch") or []),
+            "dns_options": list(host.get("DnsOptions") or []),
+            "extra_hosts": list(host.get("ExtraHosts") or []),
+            "read_only": bool(host.get("ReadonlyRootfs")),
+            "cap_drop": list(host.get("CapDrop") or []),
+            "no_new_privileges": "no-new-privileges" in (host.get("SecurityOpt") or [])
+            or "no-new-privileges:true" in (host.get("SecurityOpt") or []),
+            "shm_size": host.get("ShmSize") or 64 * 1024 * 1024,
+            "restart_policy": host["RestartPolicy"],
+            "log_driver": (host.get("LogConfig") or {}).get("Type") or "json-file",
+            "image_layers": [
+                {
+                    "digest": la.digest,
+                    "diff_id": la.diff_id,
+                    "media_type": la.media_type,
+                    "size": la.size,
+                }
+                for la in image.layers
+            ],
+        }
+
+    # -- run state --------------------------------------------------------------------
+
+    async def start(self, account: Account, ref: str) -> None:
+        record, state = await self.get(account, ref)
+        if state.status in ("running", "restarting"):
+            raise NotModified()
+        if state.status == "paused":
+            raise Conflict("cannot start a paused container, try unpause instead")
+        require_provisioning(account)
+        try:
+            node_state = await self._compute.start(record.id)
+        except Exception as e:
+            node = await self._compute.state(record.id)
+            if node:
+                await self._update(record, "die", node)
+            if record.host_config.get("AutoRemove"):
+                found = await self._store.get_container(record.login, record.id)
+                if found:
+                    await self._destroy(*found)
+            raise _compute_error(e, record.id) from None
+        await self._update(record, "start", node_state)
+
+    async def stop(self, account: Account, ref: str, timeout: int | None) -> None:
+        record, state = await self.get(account, ref)
+        if state.status not in RUNNING:
+            raise NotModified()
+        node_state = await self._call(
+            self._compute.stop, record.id, _stop_timeout(record.config, timeout)
+        )
+        await self._update(record, "stop", node_state)
+
+    async def restart(self, account: Account, ref: str, timeout: int | None) -> None:
+        record, state = await self.get(account, ref)
+        if state.status in RUNNING:
+            node_state = await self._call(
+                self._compute.stop, record.id, _stop_timeout(record.config, timeout)
+            )
+            await self._update(record, "stop", node_state)
+        node_state = await self._call(self._compute.start, record.id)
+        await self._update(record, "restart", node_state)
+
+    async def kill(self, account: Account, ref: str, signal: str | None) -> None:
+        record, state = await self.get(account, ref)
+        if state.status not in RUNNING or state.status == "restarting":
+            raise Conflict(f"Cannot kill container: {ref}: Container {record.id} is not running")
+        await self._call(self._compute.kill, record.id, _signal(signal or "KILL"))
+
+    async def pause(self, account: Account, ref: str) -> None:
+        record, state = await self.get(account, ref)
+        if state.status == "paused":
+            raise Conflict(f"Container {record.id} is already paused")
+        if state.status != "running":
+            raise Conflict(f"Container {record.id} is not running")
+        await self._call(self._compute.pause, record.id)
+        await self._update(record, "pause", await self._compute.state(record.id))
+
+    async def unpause(self, account: Account, ref: str) -> None:
+        record, state = await self.get(account, ref)
+        if state.status != "paused":
+            raise Conflict(f"Container {record.id} is not paused")
+        await self._call(self._compute.unpause, record.id)
+        await self._update(record, "unpause", await self._compute.state(record.id))
+
+    async def top(self, account: Account, ref: str, ps_args: str) -> dict:
+        record, state = await self.get(account, ref)
+        if state.status not in ("running", "paused"):
+            raise Conflict(f"Container {record.id} is not running")
+        return await self._call(self._compute.top, record.id, ps_args or "-ef")
+
+    async def resize(self, account: Account, ref: str, height: int, width: int) -> None:
+        record, state = await self.get(account, ref)
+        if state.status not in ("running", "paused"):
+            raise Conflict(f"Container {record.id} is not running")
+        await self._call(self._compute.resize, record.id, height, width)
+
+    async def wait(self, account: Account, ref: str, condition: str) -> ContainerState:
+        """``POST /wait``: the state once ``condition`` holds."""
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise InvalidArgument(f"invalid condition: {condition}")
+        record, state = await self.get(account, ref)
+        if condition == "not-running" and state.status not in RUNNING:
+            return state
+
+        def done(action: str, new: ContainerState | None) -> bool:
+            if condition == "removed":
+                return action == "destroy"
+            return action in ("die", "destroy")
+
+        last = await self._waiters.wait(record.id, done)
+        return last if last is not None else state
+
+    async def rename(self, account: Account, ref: str, new_name: str) -> None:
+        record, _ = await self.get(account, ref)
+        new_name = names.valid_name(new_name)
+        if new_name == record.name:
+            raise Conflict("Renaming a container with the same name as its current name")
+        try:
+            await self._store.rename_container(record, new_name)
+        except AlreadyExists:
+            holder = await self._store.container_by_name(account.login, new_name)
+            raise Conflict(
+                f'Conflict. The container name "/{new_name}" is already in use by container '
+                f'"{holder}". You have to remove (or rename) that container to be able to '
+                "reuse that name."
+            ) from None
+
+    async def remove(self, account: Account, ref: str, force: bool) -> None:
+        record, state = await self.get(account, ref)
+        if state.status in RUNNING and not force:
+            action = "unpause and then stop" if state.status == "paused" else "stop"
+            raise Conflict(
+                f"You cannot remove a {state.status} container {record.id}. "
+                f"Please {action} the container before attempting removal or force remove"
+            )
+        await self._destroy(record, state)
+
+    async def _destroy(self, record: ContainerRecord, state: ContainerState) -> None:
+        await self._store.set_container_state(
+            record.login, record.id, ContainerState(**{**state.to_json(), "removing": True})
+        )
+        await self._call(self._compute.remove, record.id)
+        await self._store.delete_container(record)
+        await self._ipam.release(self._network["name"], record.id)
+        self._waiters.notify(record.id, "destroy", state)
+
+    async def logs(self, account: Account, ref: str, options: dict, consumer) -> None:
+        record, _ = await self.get(account, ref)
+        log_type = (record.host_config.get("LogConfig") or {}).get("Type") or "json-file"
+        if log_type == "none":
+            raise NotImplementedYet("configured logging driver does not support reading")
+        await self._call(self._compute.logs, record.id, options, consumer)
+
+    async def attach_output(self, account: Account, cid: str, consumer) -> None:
+        """Stream the container's output from now until it exits (attach without stdin)."""
+        options = {"follow": True, "tail": 0, "since": None, "until": None, "attach": True}
+        await self._call(self._compute.logs, cid, options, consumer)
+
+    def prune_layers(self) -> None:
+        d = defer.ensureDeferred(self._compute.prune_layers())
+        d.addCallback(lambda gone: gone and self.log.info("pruned {n} layers", n=len(gone)))
+        d.addErrback(lambda f: self.log.failure("pruning layers", f))
+
+    async def disk_usage(self, record: ContainerRecord) -> dict:
+        return await self._compute.disk_usage(record.id)
+
+    # -- node events ------------------------------------------------------------------
+
+    def _on_event(self, event: dict) -> None:
+        d = defer.ensureDeferred(self._apply_event(event))
+        d.addErrback(lambda f: self.log.failure("applying node event {e}", f, e=event))
+
+    async def _apply_event(self, event: dict) -> None:
+        login, cid = event.get("owner"), event["id"]
+        found = await self._store.get_container(login, cid) if login else None
+        if found is None:
+            return
+        record, _ = found
+        await self._update(record, event["action"], event["state"])
+        if event["action"] == "die" and record.host_config.get("AutoRemove"):
+            fresh = await self._store.get_container(login, cid)
+            if fresh and fresh[1].status not in RUNNING:
+                await self._destroy(*fresh)
+
+    async def _update(self, record: ContainerRecord, action: str, node: dict | None) -> None:
+        found = await self._store.get_container(record.login, record.id)
+        if found is None or node is None:
+            return
+        state = _state_from_node(node, found[1])
+        await self._store.set_container_state(record.login, record.id, state)
+        self._waiters.notify(record.id, action, state)
+
+    async def reconcile(self) -> dict:
+        """Make Redis agree with what the node runs: a container the node lost is
+        marked exited; one the node has that Redis does not know is removed."""
+        node_id = self._compute.node_id
+        held = await self._compute.list()
+        known = await self._store.node_containers(node_id)
+        lost, orphans = [], []
+        for login, cid in known:
+            found = await self._store.get_container(login, cid)
+            if found is None:
+                continue
+            record, state = found
+            if cid in held:
+                await self._update(record, "sync", held[cid])
+            else:
+                if not state.removing:
+                    lost.append(cid)
+                await self._mark_lost(record, state)
+        known_ids = {cid for _, cid in known}
+        for cid in held:
+            if cid not in known_ids:
+                orphans.append(cid)
+                self.log.warn("node holds unknown container {cid}: removing it", cid=cid)
+                await self._compute.remove(cid)
+                await self._ipam.release(self._network["name"], cid)
+        return {"lost": lost, "orphans": orphans}
+
+    async def _mark_lost(self, record: ContainerRecord, state: ContainerState) -> None:
+        if state.removing:
+            await self._store.delete_container(record)
+            await self._ipam.release(self._network["name"], record.id)
+            return
+        self.log.warn("node lost container {cid}", cid=record.id)
+        lost = ContainerState(
+            **{
+                **state.to_json(),
+                "status": "exited",
+                "pid": 0,
+                "error": "the compute node no longer holds this container",
+                "exit_code": state.exit_code if state.status == "exited" else 255,
+                "finished_at": state.finished_at if state.status == "exited" else now(),
+            }
+        )
+        await self._store.set_container_state(record.login, record.id, lost)
+
+    @staticmethod
+    async def _call(method, *args):
+        try:
+            return await method(*args)
+        except ComputeError as e:
+            raise _compute_error(e, args[0]) from None
+
+
+def _stop_timeout(config: dict, timeout: int | None) -> int:
+    if timeout is not None:
+        return timeout
+    value = config.get("StopTimeout")
+    return DEFAULT_STOP_TIMEOUT if value is None else int(value)
+
+
+def _signal(value: str) -> str:
+    value = value.upper()
+    if value.isdigit():
+        return value
+    return value if value.startswith("SIG") else "SIG" + value
+
+
+def _compute_error(e: Exception, cid: str) -> Exception:
+    if isinstance(e, CoreError):
+        return e
+    if isinstance(e, ComputeError):
+        if e.kind == "not_found":
+            return NotFound(f"No such container: {cid}")
+        if e.kind == "conflict":
+            return Conflict(e.message)
+        if e.kind == "invalid":
+            return InvalidArgument(e.message)
+        return CoreError(e.message)
+    return e
+
+
+__all__ = ["ContainerService", "short_id"]

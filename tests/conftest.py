@@ -5,6 +5,7 @@ SSH keys."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -82,10 +83,16 @@ def key_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:12]}:"
 
 
+#: Every Daemon made in this test session: purged (processes, mounts, namespaces, bridge)
+#: when the session ends, whatever the test did.
+_DAEMONS: list[Daemon] = []
+
+
 class Daemon:
     """One `twistd -n sdcd` subprocess with its own data directory and ports."""
 
     def __init__(self, root: Path, **settings) -> None:
+        _DAEMONS.append(self)
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
@@ -95,6 +102,10 @@ class Daemon:
         self.config_path = root / "sdcd.toml"
         self.log_path = root / "sdcd.log"
         self.extra = settings.pop("extra", "")
+        # Each daemon's node gets its own bridge and subnet: daemons of several tests (or
+        # of a concurrent run) never share one.
+        self.bridge = "sdt" + uuid.uuid4().hex[:8]
+        self.subnet = f"10.{random.randrange(200, 250)}.{random.randrange(256)}.0/24"
         self.proc: subprocess.Popen | None = None
         self.write_config()
 
@@ -104,7 +115,8 @@ class Daemon:
             f'public_host = "{self.public_host}"\n'
             f'data_dir = "{self.data_dir}"\n'
             f'[docker]\nhost = "127.0.0.1"\nport = {self.docker_port}\n'
-            f'[cloudapi]\nhost = "127.0.0.1"\nport = {self.cloudapi_port}\n' + self.extra
+            f'[cloudapi]\nhost = "127.0.0.1"\nport = {self.cloudapi_port}\n'
+            f'[compute]\nbridge = "{self.bridge}"\nsubnet = "{self.subnet}"\n' + self.extra
         )
 
     @property
@@ -152,6 +164,16 @@ class Daemon:
             self.proc.kill()
             return self.proc.wait(5)
 
+    def destroy(self) -> None:
+        """Stop sdcd and remove everything its compute node left on the machine."""
+        from tests.nodecleanup import purge_node
+
+        try:
+            self.stop()
+        finally:
+            purge_node(self)
+            self.purged = True
+
     def admin(self, *args: str, check: bool = True, input: str | None = None):
         """Run the real `sdcd-admin` against this daemon's configuration."""
         result = subprocess.run(
@@ -174,7 +196,7 @@ def running_daemon(root: Path, **settings):
     try:
         yield d
     finally:
-        d.stop()
+        d.destroy()
 
 
 @pytest.fixture
@@ -185,4 +207,13 @@ def daemon(tmp_path):
     try:
         yield d
     finally:
-        d.stop()
+        d.destroy()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _purge_daemons():
+    """Whatever a test forgot: no daemon's node outlives the session."""
+    yield
+    for d in _DAEMONS:
+        if not getattr(d, "purged", False):
+            d.destroy()

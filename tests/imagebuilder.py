@@ -70,7 +70,7 @@ BUSYBOX_APPLETS = (
     "pwd", "readlink", "realpath", "rm", "rmdir", "sed", "seq", "setsid", "sh", "sha256sum",
     "sleep", "sort", "stat", "su", "sync", "tac", "tail", "tar", "tee", "test", "timeout",
     "top", "touch", "tr", "true", "tty", "umount", "uname", "uniq", "usleep", "vi", "wc",
-    "wget", "which", "whoami", "xargs", "yes",
+    "httpd", "wget", "which", "whoami", "xargs", "yes",
 )  # fmt: skip
 
 

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 import time
@@ -20,8 +19,9 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.clients import make_cert, make_key, openssh_line, request, write_identity
+from tests.clients import request
 from tests.conftest import Daemon, free_port, running_daemon, wait_for
+from tests.dockercli import User
 
 
 def digest(data: bytes) -> str:
@@ -220,54 +220,6 @@ CONFIG = {
         {"created": "2026-01-02T03:04:05Z", "created_by": "COPY data /data"},
     ],
 }
-
-
-class User:
-    """An account with a client identity, using the real docker CLI."""
-
-    def __init__(self, sdcd: Daemon, root: Path, login: str, approved: bool = True) -> None:
-        key = make_key("ecdsa-256")
-        sdcd.admin("account", "create", login, *(["--approved"] if approved else []))
-        sdcd.admin("key", "add", login, openssh_line(key))
-        self.certs = root / login
-        self.identity = write_identity(self.certs, key, make_cert(key, login))
-        shutil.copy(sdcd.ca_path, self.certs / "ca.pem")
-        self.sdcd = sdcd
-        self.home = root / f"{login}-home"
-        self.home.mkdir()
-
-    def docker(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        env.update(
-            DOCKER_HOST=self.sdcd.docker_host,
-            DOCKER_TLS_VERIFY="1",
-            DOCKER_CERT_PATH=str(self.certs),
-            HOME=str(self.home),
-        )
-        return subprocess.run(
-            ["docker", *args], capture_output=True, text=True, env=env, timeout=timeout
-        )
-
-    def ok(self, *args: str) -> str:
-        result = self.docker(*args)
-        assert result.returncode == 0, f"docker {args}: {result.stderr}"
-        return result.stdout
-
-    def api_post_json(self, path: str, body: dict):
-        return request(
-            self.sdcd.docker_port,
-            "POST",
-            path,
-            ca=self.sdcd.ca_path,
-            identity=self.identity,
-            headers={"Content-Type": "application/json"},
-            body=json.dumps(body).encode(),
-        )
-
-    def api(self, method: str, path: str):
-        return request(
-            self.sdcd.docker_port, method, path, ca=self.sdcd.ca_path, identity=self.identity
-        )
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,63 @@
+"""A test account that drives sdcd with the real ``docker`` CLI and raw API requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.clients import make_cert, make_key, openssh_line, request, write_identity
+from tests.conftest import Daemon
+
+
+class User:
+    """An account with a client identity, using the real docker CLI."""
+
+    def __init__(self, sdcd: Daemon, root: Path, login: str, approved: bool = True) -> None:
+        key = make_key("ecdsa-256")
+        sdcd.admin("account", "create", login, *(["--approved"] if approved else []))
+        sdcd.admin("key", "add", login, openssh_line(key))
+        self.certs = root / login
+        self.identity = write_identity(self.certs, key, make_cert(key, login))
+        shutil.copy(sdcd.ca_path, self.certs / "ca.pem")
+        self.sdcd = sdcd
+        self.home = root / f"{login}-home"
+        self.home.mkdir()
+
+    def docker(
+        self, *args: str, timeout: float = 120, env_extra: dict | None = None
+    ) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        env.update(env_extra or {})
+        env.update(
+            DOCKER_HOST=self.sdcd.docker_host,
+            DOCKER_TLS_VERIFY="1",
+            DOCKER_CERT_PATH=str(self.certs),
+            HOME=str(self.home),
+        )
+        return subprocess.run(
+            ["docker", *args], capture_output=True, text=True, env=env, timeout=timeout
+        )
+
+    def ok(self, *args: str) -> str:
+        result = self.docker(*args)
+        assert result.returncode == 0, f"docker {args}: {result.stderr}"
+        return result.stdout
+
+    def api_post_json(self, path: str, body: dict):
+        return request(
+            self.sdcd.docker_port,
+            "POST",
+            path,
+            ca=self.sdcd.ca_path,
+            identity=self.identity,
+            headers={"Content-Type": "application/json"},
+            body=json.dumps(body).encode(),
+        )
+
+    def api(self, method: str, path: str):
+        return request(
+            self.sdcd.docker_port, method, path, ca=self.sdcd.ca_path, identity=self.identity
+        )

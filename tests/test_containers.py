@@ -1,0 +1,615 @@
+"""Containers through sdcd with the real docker CLI: runc under conmon, overlayfs, an IP
+per container on the node's bridge, packages enforced with cgroups, restart policies,
+refused options, tenancy, and sdcd restarts (clean and SIGKILL) while containers run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from tests.conftest import Daemon, running_daemon, wait_for
+from tests.dockercli import User
+from tests.imagebuilder import busybox_image, push
+from tests.registry import Registry
+
+pytestmark = pytest.mark.skipif(
+    subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() != "0",
+    reason="containers need root",
+)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    with Registry() as reg:
+        push(reg.url, "busybox", "latest", busybox_image())
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def sdcd(tmp_path_factory):
+    yield from running_daemon(tmp_path_factory.mktemp("containers"))
+
+
+def _user(sdcd: Daemon, root, registry: Registry, login: str, approved: bool = True) -> User:
+    u = User(sdcd, root, login, approved=approved)
+    if approved:
+        u.ok("pull", f"{registry.host}/busybox")
+        u.ok("tag", f"{registry.host}/busybox", "busybox")
+    return u
+
+
+@pytest.fixture(scope="module")
+def alice(sdcd, registry, tmp_path_factory):
+    u = _user(sdcd, tmp_path_factory.mktemp("alice"), registry, "alice")
+    yield u
+    _remove_all(u)
+
+
+@pytest.fixture(scope="module")
+def bob(sdcd, registry, tmp_path_factory):
+    u = _user(sdcd, tmp_path_factory.mktemp("bob"), registry, "bob")
+    yield u
+    _remove_all(u)
+
+
+def _remove_all(u: User) -> None:
+    ids = u.ok("ps", "-aq").split()
+    if ids:
+        u.docker("rm", "-f", *ids)
+
+
+def name() -> str:
+    return "c" + uuid.uuid4().hex[:8]
+
+
+def inspect(u: User, ref: str) -> dict:
+    return json.loads(u.ok("inspect", ref))[0]
+
+
+def state(u: User, ref: str) -> dict:
+    return inspect(u, ref)["State"]
+
+
+# -- run, exit codes, logs ------------------------------------------------------------
+
+
+def test_run_echo_prints_hi(alice):
+    assert alice.ok("run", "--rm", "busybox", "echo", "hi") == "hi\n"
+
+
+def test_exit_code_passes_through(alice):
+    result = alice.docker("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert result.returncode == 7
+    assert result.stdout == "out\n"
+    assert "err" in result.stderr
+
+
+def test_run_d_ps_logs_stop_rm(alice):
+    n = name()
+    cid = alice.ok(
+        "run",
+        "-d",
+        "--name",
+        n,
+        "busybox",
+        "sh",
+        "-c",
+        "echo started; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done",
+    ).strip()
+    assert len(cid) == 64
+    assert n in alice.ok("ps")
+    wait_for(lambda: "started" in alice.ok("logs", n), 10)
+    started = time.monotonic()
+    alice.ok("stop", n)
+    assert time.monotonic() - started < 8
+    st = state(alice, n)
+    assert st["Status"] == "exited" and st["ExitCode"] == 0
+    assert alice.ok("logs", n) == "started\nbye\n"
+    assert n not in alice.ok("ps")
+    assert n in alice.ok("ps", "-a")
+    alice.ok("rm", n)
+    assert n not in alice.ok("ps", "-a")
+
+
+def test_logs_options(alice):
+    n = name()
+    alice.ok(
+        "run",
+        "--name",
+        n,
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5; do echo line$i; done; echo oops >&2",
+    )
+    assert alice.ok("logs", "--tail", "2", n) == "line5\n"  # stderr goes to stderr
+    result = alice.docker("logs", n)
+    assert result.stdout.splitlines() == [f"line{i}" for i in range(1, 6)]
+    assert result.stderr == "oops\n"
+    stamped = alice.ok("logs", "-t", n).splitlines()[0]
+    assert stamped.endswith(" line1") and stamped[:4].isdigit() and "T" in stamped
+    alice.ok("rm", n)
+
+
+def test_logs_follow_streams_until_exit(alice):
+    n = name()
+    alice.ok(
+        "run",
+        "-d",
+        "--name",
+        n,
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo n$i; sleep 0.5; done",
+    )
+    out = alice.ok("logs", "-f", n)
+    assert out == "n1\nn2\nn3\n"
+    alice.ok("rm", n)
+
+
+def test_wait_and_kill_signal(alice):
+    n = name()
+    alice.ok("run", "-d", "--name", n, "busybox", "sleep", "100")
+    alice.ok("kill", "-s", "KILL", n)
+    assert alice.ok("wait", n).strip() == "137"
+    n2 = name()
+    alice.ok(
+        "run",
+        "-d",
+        "--name",
+        n2,
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'exit 143' USR1; while true; do sleep 0.1; done",
+    )
+    alice.ok("kill", "-s", "USR1", n2)
+    assert alice.ok("wait", n2).strip() == "143"
+    alice.ok("rm", n, n2)
+
+
+def test_stop_timeout_then_sigkill(alice):
+    n = name()
+    alice.ok("run", "-d", "--name", n, "busybox", "sleep", "100")
+    started = time.monotonic()
+    alice.ok("stop", "-t", "1", n)
+    assert 0.9 < time.monotonic() - started < 6
+    assert state(alice, n)["ExitCode"] == 137
+    alice.ok("rm", n)
+
+
+def test_restart_rename_pause_top(alice):
+    n, n2 = name(), name()
+    alice.ok("run", "-d", "--name", n, "busybox", "sleep", "100")
+    first = state(alice, n)["StartedAt"]
+    alice.ok("restart", "-t", "0", n)
+    st = state(alice, n)
+    assert st["Running"] and st["StartedAt"] != first
+    alice.ok("rename", n, n2)
+    assert inspect(alice, n2)["Name"] == "/" + n2
+    assert alice.docker("inspect", n).returncode != 0
+    alice.ok("pause", n2)
+    assert state(alice, n2)["Status"] == "paused"
+    assert "Paused" in alice.ok("ps", "--filter", f"name={n2}")
+    alice.ok("unpause", n2)
+    assert state(alice, n2)["Status"] == "running"
+    top = alice.ok("top", n2)
+    assert "sleep 100" in top and "PID" in top
+    alice.ok("rm", "-f", n2)
+
+
+# -- inspect, ps --------------------------------------------------------------------------
+
+
+def test_inspect_fields(alice):
+    n = name()
+    cid = alice.ok(
+        "create",
+        "--name",
+        n,
+        "-e",
+        "FOO=bar",
+        "-w",
+        "/tmp",
+        "-l",
+        "team=a",
+        "--hostname",
+        "box",
+        "-p",
+        "80",
+        "--expose",
+        "81",
+        "busybox",
+        "sleep",
+        "5",
+    ).strip()
+    c = inspect(alice, n)
+    assert c["Id"] == cid
+    assert c["Name"] == "/" + n
+    assert c["Path"] == "sleep" and c["Args"] == ["5"]
+    assert c["State"]["Status"] == "created"
+    assert "FOO=bar" in c["Config"]["Env"]
+    assert any(e.startswith("PATH=") for e in c["Config"]["Env"])
+    assert c["Config"]["WorkingDir"] == "/tmp"
+    assert c["Config"]["Hostname"] == "box"
+    assert c["Config"]["Labels"]["team"] == "a"
+    assert c["Config"]["Labels"]["com.joyent.package"]
+    assert c["Image"].startswith("sha256:")
+    net = c["NetworkSettings"]
+    assert net["IPAddress"] and net["Networks"]["bridge"]["IPAddress"] == net["IPAddress"]
+    assert net["Ports"]["80/tcp"] == [{"HostIp": "0.0.0.0", "HostPort": "80"}]
+    assert net["Ports"]["81/tcp"] is None
+    assert alice.ok("port", n).strip() == "80/tcp -> 0.0.0.0:80"
+    assert "0.0.0.0:80->80/tcp" in alice.ok("ps", "-a", "--filter", f"name={n}")
+    alice.ok("rm", n)
+
+
+def test_hostname_defaults_to_short_id(alice):
+    cid = alice.ok("create", "busybox", "hostname").strip()
+    alice.ok("start", cid)
+    alice.ok("wait", cid)
+    assert alice.ok("logs", cid).strip() == cid[:12]
+    alice.ok("rm", cid)
+
+
+def test_ps_filters(alice):
+    a, b = name(), name()
+    alice.ok("run", "-d", "--name", a, "-l", "role=web", "busybox", "sleep", "100")
+    assert (
+        alice.docker(
+            "run", "--name", b, "-l", "role=db", "busybox", "sh", "-c", "exit 3"
+        ).returncode
+        == 3
+    )
+
+    def names(*args):
+        return set(alice.ok("ps", "-a", "--format", "{{.Names}}", *args).split())
+
+    assert a in names("--filter", "label=role=web") and b not in names("--filter", "label=role=web")
+    assert names("--filter", "status=exited") >= {b} and a not in names("--filter", "status=exited")
+    assert b in names("--filter", "exited=3") and b not in names("--filter", "exited=0")
+    assert a in names("--filter", f"name={a}")
+    assert names("--filter", "ancestor=busybox") >= {a, b}
+    assert b in names("--filter", f"since={a}") and a not in names("--filter", f"since={a}")
+    assert alice.ok("ps", "-a", "-n", "1", "--format", "{{.Names}}").strip() == b
+    bad = alice.docker("ps", "--filter", "status=sleepy")
+    assert bad.returncode != 0 and "status" in bad.stderr
+    alice.ok("rm", "-f", a, b)
+
+
+# -- networking ---------------------------------------------------------------------------
+
+
+def test_container_ip_reachable_from_host_and_other_container(alice):
+    web, _client = name(), name()
+    alice.ok(
+        "run",
+        "-d",
+        "--name",
+        web,
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello-from-web > /www/index.html && httpd -f -p 80 -h /www",
+    )
+    ip = inspect(alice, web)["NetworkSettings"]["IPAddress"]
+
+    def answers() -> bool:
+        try:
+            return urllib.request.urlopen(f"http://{ip}/", timeout=1).read() == b"hello-from-web\n"
+        except OSError:
+            return False
+
+    wait_for(answers, 10)
+    out = alice.ok("run", "--rm", "busybox", "wget", "-q", "-O", "-", f"http://{ip}/")
+    assert out == "hello-from-web\n"
+    other = alice.ok("run", "--rm", "busybox", "sh", "-c", "ip -4 addr show eth0")
+    assert "inet " in other and ip not in other
+    alice.ok("rm", "-f", web)
+
+
+def test_ips_are_unique_and_released(alice):
+    ids = [alice.ok("create", "busybox", "true").strip() for _ in range(3)]
+    ips = [inspect(alice, i)["NetworkSettings"]["IPAddress"] for i in ids]
+    assert len(set(ips)) == 3
+    alice.ok("rm", *ids)
+    assert not subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count(
+        ids[0][:12]
+    )
+
+
+# -- packages -----------------------------------------------------------------------------
+
+
+def test_memory_picks_package_and_label_overrides(alice):
+    small = alice.ok("create", "-m", "200m", "busybox", "true").strip()
+    assert inspect(alice, small)["Config"]["Labels"]["com.joyent.package"] == "g4-highcpu-256M"
+    assert inspect(alice, small)["HostConfig"]["Memory"] == 256 * 1024 * 1024
+    default = alice.ok("create", "busybox", "true").strip()
+    assert inspect(alice, default)["HostConfig"]["Memory"] == 1024 * 1024 * 1024
+    labelled = alice.ok(
+        "create", "-m", "200m", "-l", "com.joyent.package=g4-highcpu-512M", "busybox", "true"
+    ).strip()
+    assert inspect(alice, labelled)["HostConfig"]["Memory"] == 512 * 1024 * 1024
+    too_big = alice.docker("create", "-m", "900g", "busybox", "true")
+    assert too_big.returncode != 0 and "no package supports" in too_big.stderr
+    assert "g4-highcpu-512M" in alice.ok(
+        "ps",
+        "-a",
+        "--filter",
+        "label=com.joyent.package=g4-highcpu-512M",
+        "--format",
+        "{{.Labels}}",
+    )
+    alice.ok("rm", small, default, labelled)
+
+
+def test_memory_limit_oom_kills(alice):
+    n = name()
+    result = alice.docker("run", "--name", n, "-m", "128m", "busybox", "tail", "/dev/zero")
+    assert result.returncode == 137
+    st = state(alice, n)
+    assert st["OOMKilled"] is True and st["ExitCode"] == 137
+    alice.ok("rm", n)
+
+
+def test_limits_visible_in_cgroup(alice):
+    out = alice.ok(
+        "run", "--rm", "-m", "256m", "busybox", "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    )
+    assert int(out) == 256 * 1024 * 1024
+
+
+# -- restart policies ---------------------------------------------------------------------
+
+
+def test_on_failure_restarts_exactly_n_times(alice):
+    n = name()
+    alice.ok(
+        "run",
+        "-d",
+        "--name",
+        n,
+        "--restart",
+        "on-failure:3",
+        "busybox",
+        "sh",
+        "-c",
+        "echo try; exit 1",
+    )
+
+    def settled() -> bool:
+        st = state(alice, n)
+        return st["Status"] == "exited" and inspect(alice, n)["RestartCount"] == 3
+
+    wait_for(settled, 20)
+    time.sleep(1.5)
+    assert inspect(alice, n)["RestartCount"] == 3
+    assert alice.ok("logs", n).count("try") == 4
+    alice.ok("rm", n)
+
+
+def test_always_restarts_after_crash(alice):
+    n = name()
+    alice.ok(
+        "run", "-d", "--name", n, "--restart", "always", "busybox", "sh", "-c", "sleep 0.3; exit 2"
+    )
+    wait_for(lambda: inspect(alice, n)["RestartCount"] >= 2, 20)
+    alice.ok("stop", "-t", "0", n)
+    count = inspect(alice, n)["RestartCount"]
+    time.sleep(1)
+    assert state(alice, n)["Status"] == "exited"
+    assert inspect(alice, n)["RestartCount"] == count
+    alice.ok("rm", n)
+
+
+def test_sdcd_kill9_and_restart_keeps_containers(sdcd, alice):
+    keeper, restarter, exiter = name(), name(), name()
+    alice.ok(
+        "run",
+        "-d",
+        "--name",
+        keeper,
+        "busybox",
+        "sh",
+        "-c",
+        "echo before; while true; do sleep 0.2; done",
+    )
+    alice.ok(
+        "run",
+        "-d",
+        "--name",
+        restarter,
+        "--restart",
+        "always",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 2; exit 1",
+    )
+    alice.ok("run", "-d", "--name", exiter, "busybox", "sh", "-c", "sleep 1; exit 5")
+    pid = state(alice, keeper)["Pid"]
+    wait_for(lambda: "before" in alice.ok("logs", keeper), 10)
+    sdcd.proc.kill()
+    sdcd.proc.wait(10)
+    time.sleep(3)  # exiter exits and restarter dies while sdcd is down
+    sdcd.start()
+    st = state(alice, keeper)
+    assert st["Running"] and st["Pid"] == pid
+    assert "before" in alice.ok("logs", keeper)
+    assert state(alice, exiter)["ExitCode"] == 5 and state(alice, exiter)["Status"] == "exited"
+    wait_for(lambda: inspect(alice, restarter)["RestartCount"] >= 1, 15)
+    alice.ok("rm", "-f", keeper, restarter, exiter)
+
+
+# -- refusals, errors ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--privileged"], "privileged"),
+        (["--cap-add", "NET_ADMIN"], "cap-add"),
+        (["--device", "/dev/null"], "device"),
+        (["-v", "/etc:/x"], "host volumes"),
+        (["--pid", "host"], "pid"),
+        (["--ipc", "host"], "ipc"),
+        (["--userns", "host"], "userns"),
+        (["--security-opt", "seccomp=unconfined"], "security-opt"),
+        (["--sysctl", "net.ipv4.ip_forward=1"], "sysctl"),
+        (["--net", "host"], "host"),
+        (["--net", "none"], "none"),
+        (["-p", "8080:80"], "remapping"),
+    ],
+)
+def test_refused_options(alice, args, words):
+    before = alice.ok("ps", "-aq")
+    result = alice.docker("create", *args, "busybox", "true")
+    assert result.returncode != 0
+    assert words in result.stderr.lower(), result.stderr
+    assert alice.ok("ps", "-aq") == before
+
+
+def test_bad_names_and_duplicates(alice):
+    n = name()
+    alice.ok("create", "--name", n, "busybox", "true")
+    dup = alice.docker("create", "--name", n, "busybox", "true")
+    assert dup.returncode != 0 and "already in use" in dup.stderr
+    bad = alice.docker("create", "--name", "bad name!", "busybox", "true")
+    assert bad.returncode != 0 and "Invalid container name" in bad.stderr
+    alice.ok("rm", n)
+
+
+def test_missing_executable(alice):
+    result = alice.docker("run", "--rm", "busybox", "no-such-program")
+    assert result.returncode == 127
+    assert "no-such-program" in result.stderr
+
+
+def test_unknown_user(alice):
+    result = alice.docker("run", "--rm", "-u", "nosuchuser", "busybox", "true")
+    assert result.returncode != 0 and "nosuchuser" in result.stderr
+    assert alice.ok("run", "--rm", "-u", "nobody", "busybox", "id", "-un").strip() == "nobody"
+    assert alice.ok("run", "--rm", "-u", "1234:5678", "busybox", "id").startswith(
+        "uid=1234 gid=5678"
+    )
+
+
+def test_unapproved_account_may_not_run(sdcd, registry, tmp_path):
+    u = _user(sdcd, tmp_path, registry, "carol", approved=False)
+    result = u.docker("create", "busybox", "true")
+    assert result.returncode != 0
+    assert "does not have permission" in result.stderr
+    assert u.ok("ps", "-aq") == ""
+
+
+# -- tenancy ------------------------------------------------------------------------------
+
+
+def test_other_account_cannot_see_or_touch(alice, bob):
+    n = name()
+    cid = alice.ok("run", "-d", "--name", n, "busybox", "sleep", "100").strip()
+    assert cid not in bob.ok("ps", "-aq", "--no-trunc")
+    for ref in (cid, cid[:12], n):
+        for args in (
+            ["inspect", ref],
+            ["stop", ref],
+            ["rm", "-f", ref],
+            ["kill", ref],
+            ["logs", ref],
+        ):
+            result = bob.docker(*args)
+            # (``rm -f`` exits 0 on a missing container: the CLI ignores "not found" then)
+            assert result.returncode != 0 or args[:2] == ["rm", "-f"], args
+            assert "No such container" in result.stderr or "No such object" in result.stderr, (
+                args,
+                result.stderr,
+            )
+    bob.ok("run", "-d", "--name", n, "busybox", "sleep", "100")  # names are per account
+    assert state(alice, n)["Running"]
+    alice.ok("rm", "-f", n)
+    bob.ok("rm", "-f", n)
+
+
+# -- API versions, clients ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1.24", "1.30"])
+def test_old_api_versions(alice, version):
+    old = {"DOCKER_API_VERSION": version}
+    result = alice.docker("run", "--rm", "busybox", "echo", "old", env_extra=old)
+    assert result.returncode == 0 and result.stdout == "old\n", result.stderr
+    n = name()
+    result = alice.docker("run", "--name", n, "busybox", "sh", "-c", "exit 4", env_extra=old)
+    assert result.returncode == 4
+    body = json.loads(alice.docker("inspect", n, env_extra=old).stdout)[0]
+    assert body["State"]["ExitCode"] == 4
+    assert ("Platform" in body) is (version != "1.24")
+    alice.ok("rm", n)
+
+
+def test_docker_py(sdcd, alice, monkeypatch):
+    docker = pytest.importorskip("docker")
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    tls = docker.tls.TLSConfig(
+        client_cert=(str(alice.certs / "cert.pem"), str(alice.certs / "key.pem")),
+        ca_cert=str(alice.certs / "ca.pem"),
+        verify=True,
+    )
+    client = docker.DockerClient(base_url=f"https://localhost:{sdcd.docker_port}", tls=tls)
+    try:
+        out = client.containers.run("busybox", ["echo", "from-py"], remove=True)
+        assert out == b"from-py\n"
+        c = client.containers.run("busybox", ["sleep", "100"], detach=True, labels={"x": "y"})
+        assert c.status in ("created", "running")
+        c.reload()
+        assert c.status == "running" and c.labels["x"] == "y"
+        assert c in client.containers.list(filters={"label": "x=y"})
+        c.kill()
+        assert c.wait()["StatusCode"] == 137
+        c.remove()
+    finally:
+        client.close()
+
+
+# -- reconciling Redis with the node ------------------------------------------------------
+
+
+def _redis_cli(sdcd: Daemon, *args: str) -> str:
+    sock = sdcd.data_dir / "redis" / "redis.sock"
+    return subprocess.run(
+        ["redis-cli", "-s", str(sock), *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_restart_reconciles_orphans_and_lost_containers(sdcd, alice):
+    orphan, lost = name(), name()
+    orphan_id = alice.ok("run", "-d", "--name", orphan, "busybox", "sleep", "100").strip()
+    lost_id = alice.ok("run", "-d", "--name", lost, "busybox", "sleep", "100").strip()
+    # Redis forgets one container; the node loses the other (its directory and runc
+    # state gone as after a disk failure).
+    _redis_cli(sdcd, "HDEL", "sdcd:containers:alice", orphan_id)
+    sdcd.stop()
+    node_dir = sdcd.data_dir / "node" / "containers" / lost_id
+    subprocess.run(["umount", "-l", str(node_dir / "bundle" / "rootfs")], check=False)
+    runc_root = sdcd.data_dir / "node" / "runtime" / "runc"
+    subprocess.run(["runc", "--root", str(runc_root), "kill", lost_id, "KILL"], check=False)
+    time.sleep(0.5)
+    subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", lost_id], check=False)
+    subprocess.run(["rm", "-rf", str(node_dir)], check=True)
+    sdcd.start()
+    st = state(alice, lost)
+    assert st["Status"] == "exited" and st["ExitCode"] == 255
+    assert "no longer holds" in st["Error"]
+    assert not (sdcd.data_dir / "node" / "containers" / orphan_id).exists()
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert orphan_id[:12] not in netns
+    assert "no longer holds" in sdcd.log() or "unknown container" in sdcd.log()
+    alice.ok("rm", lost)

@@ -613,3 +613,21 @@ def test_restart_reconciles_orphans_and_lost_containers(sdcd, alice):
     assert orphan_id[:12] not in netns
     assert "no longer holds" in sdcd.log() or "unknown container" in sdcd.log()
     alice.ok("rm", lost)
+
+
+def test_events_stream(alice):
+    since = time.time() - 1
+    n = name()
+    assert alice.docker("run", "--name", n, "busybox", "sh", "-c", "exit 2").returncode == 2
+    alice.ok("rename", n, n + "x")
+    alice.ok("rm", n + "x")
+    until = time.time() + 0.5
+    out = alice.ok(
+        "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
+        "--filter", "type=container", "--format", "{{json .}}",
+    )  # fmt: skip
+    events = [json.loads(line) for line in out.splitlines()]
+    actions = [e["Action"] for e in events if e["Actor"]["Attributes"].get("name") in (n, n + "x")]
+    assert actions == ["create", "start", "die", "rename", "destroy"], actions
+    die = next(e for e in events if e["Action"] == "die")
+    assert die["Actor"]["Attributes"]["exitCode"] == "2"

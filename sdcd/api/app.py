@@ -7,9 +7,11 @@ Routes see requests that ``sdcd.api.root`` has already versioned and authenticat
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from klein import Klein
+from twisted.internet import defer
 from twisted.python.failure import Failure
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
@@ -20,6 +22,7 @@ from sdcd.api.errors import render_failure, write_json_error
 from sdcd.api.filters import image_filter, parse_filters
 from sdcd.api.streams import ChunkWriter, JSONStream, error_message
 from sdcd.api.versions import MAX_VERSION, render
+from sdcd.core import events as event_filters
 from sdcd.core.errors import CoreError, InvalidArgument, NotImplementedYet
 from sdcd.core.images import ImageService
 from sdcd.core.system import SystemService
@@ -44,6 +47,16 @@ def flag(request, name: str) -> bool:
     return (arg(request, name, "") or "").lower() in ("1", "true", "yes")
 
 
+def _unix(value: str | None) -> float | None:
+    """A since/until value: unix seconds (the CLI turns dates and durations into that)."""
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidArgument(f"invalid timestamp: {value}") from None
+
+
 def registry_credentials(request) -> Credentials | None:
     try:
         return Credentials.from_header(request.getHeader(b"x-registry-auth"))
@@ -60,6 +73,46 @@ class DockerAPI:
         self._system = system
         self._images = images
         self._containers = containers
+
+    @app.route("/events", methods=["GET"])
+    async def events(self, request) -> bytes:
+        """``docker events``: kept events from ``since``, then live ones until ``until``
+        or until the client goes away."""
+        if self._containers is None:
+            raise NotImplementedYet("events are not available")
+        login = request.sdcd_account.login
+        since, until = _unix(arg(request, "since")), _unix(arg(request, "until"))
+        filters = parse_filters(arg(request, "filters"))
+        log = self._containers.events
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json")
+        request.write(b"")
+
+        def send(event: dict) -> None:
+            if event_filters.matches(event, filters) and not request.finished:
+                request.write(json.dumps(event).encode() + b"\n")
+
+        if since is not None or until is not None:
+            for event in log.history(login, since, until):
+                send(event)
+        now = time.time()
+        if until is not None and until <= now:
+            return b""
+        done: defer.Deferred = defer.Deferred()
+        stop = log.listen(login, send)
+        request.notifyFinish().addBoth(lambda _: done.called or done.callback(None))
+        timer = None
+        if until is not None:
+            from twisted.internet import reactor
+
+            timer = reactor.callLater(until - now, lambda: done.called or done.callback(None))
+        try:
+            await done
+        finally:
+            stop()
+            if timer is not None and timer.active():
+                timer.cancel()
+        return b""
 
     @app.route("/containers/", branch=True)
     def containers(self, request):

@@ -81,6 +81,11 @@ class ContainerRoutes:
     def resource(self):
         return self.app.resource()
 
+    @property
+    def events(self):
+        """The account event log (``/events`` is served by DockerAPI)."""
+        return self._containers.events
+
     def prune_layers(self) -> None:
         """After an image is deleted: drop unpacked layers no container uses (in the
         background; the layer cache is only a cache)."""

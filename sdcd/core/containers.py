@@ -28,6 +28,7 @@ from sdcd.core.errors import (
     NotImplementedYet,
     NotModified,
 )
+from sdcd.core.events import EventLog, container_event
 from sdcd.core.images import ImageService, require_provisioning, short_id
 from sdcd.store.interface import AlreadyExists
 from sdcd.store.records import Account, ContainerRecord, ContainerState
@@ -103,6 +104,7 @@ class ContainerService:
         self._network = network
         self._default_memory = default_memory_mib
         self._waiters = _Waiters()
+        self.events = EventLog()
         self._rng = random.Random()
         compute.subscribe(self._on_event)
 
@@ -236,6 +238,7 @@ class ContainerService:
         except Exception as e:
             await self._undo_create(record)
             raise _compute_error(e, record.id) from None
+        self._publish(record, "create")
         return []
 
     async def _undo_create(self, record: ContainerRecord) -> None:
@@ -302,6 +305,19 @@ class ContainerService:
             ],
         }
 
+    def _publish(self, record: ContainerRecord, action: str, extra: dict | None = None) -> None:
+        self.events.publish(
+            record.login,
+            container_event(
+                action,
+                record.id,
+                record.image,
+                record.name,
+                record.config.get("Labels") or {},
+                extra,
+            ),
+        )
+
     # -- run state --------------------------------------------------------------------
 
     async def start(self, account: Account, ref: str) -> None:
@@ -332,6 +348,7 @@ class ContainerService:
             self._compute.stop, record.id, _stop_timeout(record.config, timeout)
         )
         await self._update(record, "stop", node_state)
+        self._publish(record, "stop")
 
     async def restart(self, account: Account, ref: str, timeout: int | None) -> None:
         record, state = await self.get(account, ref)
@@ -342,12 +359,15 @@ class ContainerService:
             await self._update(record, "stop", node_state)
         node_state = await self._call(self._compute.start, record.id)
         await self._update(record, "restart", node_state)
+        self._publish(record, "restart")
 
     async def kill(self, account: Account, ref: str, signal: str | None) -> None:
         record, state = await self.get(account, ref)
         if state.status not in RUNNING or state.status == "restarting":
             raise Conflict(f"Cannot kill container: {ref}: Container {record.id} is not running")
-        await self._call(self._compute.kill, record.id, _signal(signal or "KILL"))
+        sig = _signal(signal or "KILL")
+        self._publish(record, "kill", {"signal": sig})
+        await self._call(self._compute.kill, record.id, sig)
 
     async def pause(self, account: Account, ref: str) -> None:
         record, state = await self.get(account, ref)
@@ -399,7 +419,7 @@ class ContainerService:
         if new_name == record.name:
             raise Conflict("Renaming a container with the same name as its current name")
         try:
-            await self._store.rename_container(record, new_name)
+            renamed = await self._store.rename_container(record, new_name)
         except AlreadyExists:
             holder = await self._store.container_by_name(account.login, new_name)
             raise Conflict(
@@ -407,6 +427,7 @@ class ContainerService:
                 f'"{holder}". You have to remove (or rename) that container to be able to '
                 "reuse that name."
             ) from None
+        self._publish(renamed, "rename", {"oldName": "/" + record.name})
 
     async def remove(self, account: Account, ref: str, force: bool) -> None:
         record, state = await self.get(account, ref)
@@ -426,6 +447,7 @@ class ContainerService:
         await self._store.delete_container(record)
         await self._ipam.release(self._network["name"], record.id)
         self._waiters.notify(record.id, "destroy", state)
+        self._publish(record, "destroy")
 
     async def logs(self, account: Account, ref: str, options: dict, consumer) -> None:
         record, _ = await self.get(account, ref)
@@ -460,6 +482,12 @@ class ContainerService:
             return
         record, _ = found
         await self._update(record, event["action"], event["state"])
+        extra = (
+            {"exitCode": str(event["state"].get("exit_code", 0))}
+            if event["action"] == "die"
+            else None
+        )
+        self._publish(record, event["action"], extra)
         if event["action"] == "die" and record.host_config.get("AutoRemove"):
             fresh = await self._store.get_container(login, cid)
             if fresh and fresh[1].status not in RUNNING:
@@ -480,10 +508,12 @@ class ContainerService:
         held = await self._compute.list()
         known = await self._store.node_containers(node_id)
         lost, orphans = [], []
+        known_ids = set()
         for login, cid in known:
             found = await self._store.get_container(login, cid)
             if found is None:
                 continue
+            known_ids.add(cid)
             record, state = found
             if cid in held:
                 await self._update(record, "sync", held[cid])
@@ -491,7 +521,6 @@ class ContainerService:
                 if not state.removing:
                     lost.append(cid)
                 await self._mark_lost(record, state)
-        known_ids = {cid for _, cid in known}
         for cid in held:
             if cid not in known_ids:
                 orphans.append(cid)

@@ -64,6 +64,12 @@ def test_ipv6_public_host_url():
         ('public_host = "a b"', "public_host must be an IP address or host name"),
         ("datacenter = ", "not valid TOML"),
         ("docker = 3", "[docker] must be a table"),
+        ('[compute]\nbridge = "much-too-long-name"', "compute.bridge must be an interface name"),
+        ('[compute]\nsubnet = "10.0.0.1/16"', "compute.subnet must be an IPv4 subnet"),
+        ('[compute]\nsubnet = "10.0.0.0/30"', "compute.subnet is too small"),
+        ('[compute]\ndns = ["nope"]', "compute.dns: 'nope' is not an IP address"),
+        ("packages = 3", "packages must be a non-empty array"),
+        ('[[packages]]\nname = "x"', "packages: "),
     ],
 )
 def test_bad_values(text, message):
@@ -145,3 +151,11 @@ def test_twistd_busy_port(tmp_path):
 def test_twistd_missing_redis_server(tmp_path):
     text = base(tmp_path) + '[redis]\nserver = "no-such-redis-server"\n'
     assert_one_line(twistd(tmp_path, text), "redis-server not found")
+
+
+def test_packages_from_config():
+    c = parse(
+        '[[packages]]\nname = "tiny"\nmemory = 64\n[[packages]]\nname = "big"\nmemory = 4096\n'
+    )
+    assert [p.name for p in c.packages] == ["tiny", "big"]
+    assert c.packages[0].memory == 64

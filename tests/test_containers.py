@@ -631,3 +631,53 @@ def test_events_stream(alice):
     assert actions == ["create", "start", "die", "rename", "destroy"], actions
     die = next(e for e in events if e["Action"] == "die")
     assert die["Actor"]["Attributes"]["exitCode"] == "2"
+
+
+# -- more of the Docker config ------------------------------------------------------------
+
+
+def test_tty_output_is_raw(alice):
+    n = name()
+    # (text mode turns the pty's \r\n into \n; the raw bytes are checked in test_compute)
+    assert alice.ok("run", "--name", n, "-t", "busybox", "sh", "-c", "tty; echo tty") == (
+        "/dev/pts/0\ntty\n"
+    )
+    assert inspect(alice, n)["Config"]["Tty"] is True
+    alice.ok("rm", n)
+
+
+def test_detached_autoremove(alice):
+    n = name()
+    alice.ok("run", "-d", "--rm", "--name", n, "busybox", "sleep", "0.3")
+    wait_for(lambda: n not in alice.ok("ps", "-a", "--format", "{{.Names}}"), 10)
+
+
+def test_stop_signal_read_only_env_and_dns(alice):
+    n = name()
+    alice.ok("run", "-d", "--name", n, "--stop-signal", "USR1", "busybox", "sh", "-c",
+             "trap 'exit 9' USR1; echo ready; while true; do sleep 0.1; done")  # fmt: skip
+    wait_for(lambda: "ready" in alice.ok("logs", n), 10)
+    alice.ok("stop", n)
+    assert state(alice, n)["ExitCode"] == 9
+    alice.ok("rm", n)
+    ro = alice.docker("run", "--rm", "--read-only", "busybox", "touch", "/x")
+    assert ro.returncode != 0 and "Read-only" in ro.stderr
+    out = alice.ok("run", "--rm", "--dns", "192.0.2.53", "--dns-search", "example.test",
+                   "--add-host", "db:192.0.2.7", "-e", "A=1", "busybox", "sh", "-c",
+                   "cat /etc/resolv.conf /etc/hosts; echo A=$A")  # fmt: skip
+    assert "nameserver 192.0.2.53" in out and "search example.test" in out
+    assert "192.0.2.7\tdb" in out and "A=1" in out
+
+
+def test_logs_since_until_and_size(alice):
+    n = name()
+    script = "echo early; sleep 1.2; echo late; dd if=/dev/zero of=/big bs=1k count=300"
+    alice.ok("run", "-d", "--name", n, "busybox", "sh", "-c", script)
+    alice.ok("wait", n)
+    entries = alice.ok("logs", "-t", n).splitlines()
+    late_time = next(line.split()[0] for line in entries if line.endswith(" late"))
+    assert alice.ok("logs", "--since", late_time, n).startswith("late")
+    assert "late" not in alice.ok("logs", "--until", late_time[:19] + "Z", n)
+    size = json.loads(alice.ok("ps", "-a", "-s", "--filter", f"name={n}", "--format", "{{json .}}"))
+    assert "300kB" in size["Size"] or "307kB" in size["Size"], size["Size"]
+    alice.ok("rm", n)

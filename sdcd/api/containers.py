@@ -257,12 +257,12 @@ def _tail(value: str | None) -> int | None:
     return None if n < 0 else n
 
 
-def _time(value: str | None) -> float | None:
+def _time(value: str | None) -> str | None:
     """dockerd's since/until: unix seconds with an optional fraction (the CLI converts
-    durations and dates to that)."""
+    durations and dates to that), kept as text so nanoseconds survive."""
     if value in (None, "", "0"):
         return None
-    try:
-        return float(value)
-    except ValueError:
-        raise InvalidArgument(f"invalid value for time: {value}") from None
+    whole, dot, frac = value.partition(".")
+    if not whole.lstrip("-").isdigit() or (dot and not frac.isdigit()):
+        raise InvalidArgument(f"invalid value for time: {value}")
+    return value

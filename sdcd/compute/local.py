@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -40,6 +41,8 @@ from sdcd.compute.layers import LayerCache
 from sdcd.compute.logs import LogFollower
 
 BACKOFF_START = 0.1
+#: What a container id (a container dir's name) looks like.
+_VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 BACKOFF_CAP = 60.0
 #: A run this long resets the restart back-off (as dockerd does).
 STABLE_RUN = 10.0
@@ -65,6 +68,17 @@ class _Container:
         self.stopping = False
         self.restart_call = None
         self.watching = False
+        #: While an exit is being recorded (runtime state deleted, policy applied): the
+        #: Deferreds of those waiting for that to finish; None otherwise.
+        self.recording_exit: list[defer.Deferred] | None = None
+
+    def exit_recorded(self) -> defer.Deferred:
+        """Fires once no exit is being recorded (at once when none is)."""
+        if self.recording_exit is None:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self.recording_exit.append(d)
+        return d
 
     @property
     def id(self) -> str:
@@ -142,7 +156,7 @@ class LocalCompute:
             spec = json.loads((directory / "spec.json").read_text())
         except (OSError, ValueError):
             self.log.warn("removing unreadable container dir {d}", d=str(directory))
-            await threads.deferToThread(shutil.rmtree, directory, True)
+            await self._purge(directory.name, directory)
             return
         try:
             state = json.loads((directory / "state.json").read_text())
@@ -270,6 +284,7 @@ class LocalCompute:
 
     async def start(self, cid: str) -> dict:
         c = self._get(cid)
+        await c.exit_recorded()
         if c.state["status"] in ("running", "paused"):
             raise ComputeError(f"Container {cid} is already running", "conflict")
         self._cancel_restart(c)
@@ -324,11 +339,24 @@ class LocalCompute:
             return defer.ensureDeferred(self._exited(c, status))
 
         d.addCallback(exited)
+        d.addErrback(lambda f: f.trap(defer.CancelledError))  # close() stops watching
         d.addErrback(lambda f: self.log.failure("watching {cid}", f, cid=c.id))
 
     async def _exited(self, c: _Container, status, recovering: bool = False) -> None:
         if c.id not in self._containers:
             return
+        if c.recording_exit is not None:  # one exit, seen twice (watcher and stop)
+            await c.exit_recorded()
+            return
+        c.recording_exit = []
+        try:
+            await self._record_exit(c, status)
+        finally:
+            waiters, c.recording_exit = c.recording_exit, None
+            for d in waiters:
+                d.callback(None)
+
+    async def _record_exit(self, c: _Container, status) -> None:
         ran = 0.0
         if status is None:
             c.state.update(exit_code=255, error="container process lost", finished_at=_now())
@@ -413,6 +441,7 @@ class LocalCompute:
             status = await self._runtime.stop(cid, c.spec.get("stop_signal") or "SIGTERM", timeout)
             if c.state["status"] in ("running", "paused"):
                 await self._exited(c, status)
+            await c.exit_recorded()
         finally:
             c.stopping = False
         return _public(c.state)
@@ -460,18 +489,31 @@ class LocalCompute:
             await resize(cid, height, width)
 
     async def remove(self, cid: str) -> None:
+        if not _VALID_ID.match(cid):  # never a path outside containers/
+            raise ComputeError(f"No such container: {cid}", "not_found")
         c = self._containers.get(cid)
         directory = c.dir if c else self._root / "containers" / cid
         if c is not None:
             c.state["manually_stopped"] = True
             self._cancel_restart(c)
             c.stopping = True
+        await self._purge(cid, directory, c)
+
+    async def _purge(self, cid: str, directory: Path, c: _Container | None = None) -> None:
+        """Kill and forget the container; unmount before deleting its directory (never
+        delete through a mounted rootfs)."""
+        if not _VALID_ID.match(cid):  # not a container's dir: only its own contents
+            await rootfs.unmount(directory / "bundle" / "rootfs")
+            await threads.deferToThread(shutil.rmtree, directory, True)
+            return
         state = await self._runtime.state(cid)
         if state is not None and state.get("status") in ("running", "paused", "created"):
             if state.get("status") == "paused":
                 await self._runtime.resume(cid)
             await self._runtime.kill(cid, "SIGKILL", all_procs=True)
             await self._runtime.wait(cid)
+        if c is not None:  # the watcher records the exit (and saves state.json) first
+            await c.exit_recorded()
         await self._runtime.delete(cid)
         self._containers.pop(cid, None)
         for follower in list(self._followers.pop(cid, ())):
@@ -531,9 +573,12 @@ class LocalCompute:
         return await self._layers.prune(in_use)
 
     async def close(self) -> None:
-        """Stop timers; the containers keep running under conmon."""
+        """Stop timers and stop watching exits; the containers keep running under conmon
+        (a node opened later over the same root picks them up). A closed node must not
+        act on them any more: it would record exits and restart containers twice."""
         for c in self._containers.values():
             self._cancel_restart(c)
+        self._runtime.close()
 
 
 def _du(path: Path) -> int:

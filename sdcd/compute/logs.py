@@ -208,8 +208,15 @@ def _history(
     return entries, offset, parser
 
 
-def _ns(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1_000_000_000)
+def _ns(seconds: float | str | None) -> int | None:
+    """Unix seconds as nanoseconds. A decimal string ("1700000000.123456789", what the
+    docker CLI sends) is taken exactly: a float cannot hold nanoseconds of today."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, str):
+        whole, _, frac = seconds.partition(".")
+        return int(whole) * 1_000_000_000 + int((frac + "000000000")[:9])
+    return round(seconds * 1_000_000_000)
 
 
 def _window(since: float | None, until: float | None) -> tuple[int | None, int | None]:

@@ -98,8 +98,9 @@ class ICompute(Interface):
 
     def logs(cid, options, consumer):
         """Send log entries to ``consumer`` (an ILogConsumer). ``options``: ``tail`` (int or
-        None), ``since``/``until`` (unix seconds or None), ``follow`` (bool). Deferred that
-        fires when the stream ends."""
+        None), ``since``/``until`` (unix seconds: a number, an exact decimal string, or
+        None), ``follow`` (bool), ``attach`` (bool: from now until the next exit).
+        Deferred that fires when the stream ends."""
 
     def subscribe(listener):
         """Call ``listener(event)`` for every node event from now on."""

@@ -194,7 +194,7 @@ class SdcdService(service.MultiService):
         )
         await self.compute.open()
         report = await containers.reconcile()
-        if report["lost"] or report["orphans"]:
+        if any(report.values()):
             self.log.warn("reconciled: {report}", report=report)
         return containers
 

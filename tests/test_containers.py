@@ -596,6 +596,10 @@ def test_restart_reconciles_orphans_and_lost_containers(sdcd, alice):
     # Redis forgets one container; the node loses the other (its directory and runc
     # state gone as after a disk failure).
     _redis_cli(sdcd, "HDEL", "sdcd:containers:alice", orphan_id)
+    # ... and an address taken by a create that crashed before recording its container.
+    leaked_ip = sdcd.subnet.rsplit(".", 1)[0] + ".250"
+    _redis_cli(sdcd, "HSET", "sdcd:ipam:bridge:ips", leaked_ip, "f" * 64)
+    _redis_cli(sdcd, "HSET", "sdcd:ipam:bridge:owners", "f" * 64, leaked_ip)
     sdcd.stop()
     node_dir = sdcd.data_dir / "node" / "containers" / lost_id
     subprocess.run(["umount", "-l", str(node_dir / "bundle" / "rootfs")], check=False)
@@ -611,7 +615,9 @@ def test_restart_reconciles_orphans_and_lost_containers(sdcd, alice):
     assert not (sdcd.data_dir / "node" / "containers" / orphan_id).exists()
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert orphan_id[:12] not in netns
-    assert "no longer holds" in sdcd.log() or "unknown container" in sdcd.log()
+    assert "unknown container" in sdcd.log()
+    assert leaked_ip not in _redis_cli(sdcd, "HKEYS", "sdcd:ipam:bridge:ips")
+    assert lost_id[:12] in _redis_cli(sdcd, "HVALS", "sdcd:ipam:bridge:ips")
     alice.ok("rm", lost)
 
 

@@ -527,7 +527,20 @@ class ContainerService:
                 self.log.warn("node holds unknown container {cid}: removing it", cid=cid)
                 await self._compute.remove(cid)
                 await self._ipam.release(self._network["name"], cid)
-        return {"lost": lost, "orphans": orphans}
+        leaked = await self._release_leaked_addresses(known_ids | set(held))
+        return {"lost": lost, "orphans": orphans, "leaked_ips": leaked}
+
+    async def _release_leaked_addresses(self, owners: set[str]) -> list[str]:
+        """Addresses whose owner is no container at all (a create that crashed between
+        taking the address and recording the container). Run before the API serves, so
+        no create is in flight."""
+        network = self._network["name"]
+        leaked = []
+        for ip, owner in (await self._ipam.allocations(network)).items():
+            if owner not in owners:
+                leaked.append(ip)
+                await self._ipam.release(network, owner)
+        return leaked
 
     async def _mark_lost(self, record: ContainerRecord, state: ContainerState) -> None:
         if state.removing:

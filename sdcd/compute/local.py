@@ -34,18 +34,18 @@ from zope.interface import implementer
 
 from sdcd.compute import etcfiles, network, rootfs, users
 from sdcd.compute import spec as runtime_spec
-from sdcd.compute.conmon import Runtime, RuntimeFailure
+from sdcd.compute.conmon import ExitStatus, Runtime, RuntimeFailure
 from sdcd.compute.host import host_facts
 from sdcd.compute.interface import ComputeError, ICompute
 from sdcd.compute.layers import LayerCache
 from sdcd.compute.logs import LogFollower
 
 BACKOFF_START = 0.1
-#: What a container id (a container dir's name) looks like.
-_VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 BACKOFF_CAP = 60.0
 #: A run this long resets the restart back-off (as dockerd does).
 STABLE_RUN = 10.0
+#: What a container id (a container dir's name) looks like.
+_VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 def _now() -> str:
@@ -58,6 +58,33 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+class _Busy:
+    """Marks an operation under way, so that others can wait for it to end."""
+
+    def __init__(self) -> None:
+        self._waiters: list[defer.Deferred] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._waiters is not None
+
+    def begin(self) -> None:
+        self._waiters = []
+
+    def end(self) -> None:
+        waiters, self._waiters = self._waiters or [], None
+        for d in waiters:
+            d.callback(None)
+
+    def wait(self) -> defer.Deferred:
+        """Fires when the operation has ended (at once when none is under way)."""
+        if self._waiters is None:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+
 class _Container:
     """What the node keeps in memory of one container."""
 
@@ -68,17 +95,16 @@ class _Container:
         self.stopping = False
         self.restart_call = None
         self.watching = False
-        #: While an exit is being recorded (runtime state deleted, policy applied): the
-        #: Deferreds of those waiting for that to finish; None otherwise.
-        self.recording_exit: list[defer.Deferred] | None = None
+        #: An exit being recorded (runtime state deleted, policy applied), and a restart
+        #: by policy under way: stop/start/remove wait for them rather than race them.
+        self.exiting = _Busy()
+        self.restarting = _Busy()
 
-    def exit_recorded(self) -> defer.Deferred:
-        """Fires once no exit is being recorded (at once when none is)."""
-        if self.recording_exit is None:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self.recording_exit.append(d)
-        return d
+    async def settled(self) -> None:
+        """Once no policy restart and no exit recording is under way."""
+        while self.exiting.busy or self.restarting.busy:
+            await self.restarting.wait()
+            await self.exiting.wait()
 
     @property
     def id(self) -> str:
@@ -149,7 +175,12 @@ class LocalCompute:
         (self._root / "containers").mkdir(parents=True, exist_ok=True)
         await network.ensure_bridge(self._bridge)
         for directory in sorted((self._root / "containers").iterdir()):
-            await self._recover(directory)
+            try:
+                await self._recover(directory)
+            except Exception:
+                # One container the node cannot make sense of must not keep the node
+                # (and every other container) down; it stays as recorded.
+                self.log.failure("recovering container {d}", d=directory.name)
 
     async def _recover(self, directory: Path) -> None:
         try:
@@ -164,20 +195,34 @@ class LocalCompute:
             state = _initial_state(spec["id"])
         c = _Container(directory, spec, state)
         self._containers[c.id] = c
-        if state["status"] in ("running", "paused"):
-            runtime = await self._runtime.state(c.id)
-            if runtime and runtime.get("status") in ("running", "paused", "created"):
-                self._watch(c)
-                return
-            exit_status = self._runtime.exit_status(c.id)
+        runtime = await self._runtime.state(c.id)
+        live = (runtime or {}).get("status")
+        if live in ("running", "paused"):
+            # Under conmon still — also when the node went down before it recorded the
+            # start (or the pause) that got it there.
+            self._adopt(c, runtime)
+            self._watch(c)
+            return
+        exit_status = self._runtime.exit_status(c.id)
+        if state["status"] in ("running", "paused") or (live == "stopped" and exit_status):
             await self._exited(c, exit_status, recovering=True)
-        elif state["status"] == "restarting" or self._restart_on_boot(c):
+            return
+        if live is not None:  # a start cut short before its process ran
+            await self._runtime.delete(c.id)
+        if state["status"] == "restarting":
             self._schedule_restart(c, 0)
 
-    def _restart_on_boot(self, c: _Container) -> bool:
-        """A container that was running when the node went down (its exit seen while
-        recovering) is handled by ``_exited``; this is for ones already exited."""
-        return False
+    @staticmethod
+    def _adopt(c: _Container, runtime: dict) -> None:
+        """Make the recorded state say what runc says runs."""
+        if c.state["status"] == runtime["status"] and c.state["pid"] == runtime.get("pid"):
+            return
+        if c.state["status"] not in ("running", "paused"):
+            c.state.update(
+                started_at=runtime.get("created") or _now(), manually_stopped=False, error=""
+            )
+        c.state.update(status=runtime["status"], pid=runtime.get("pid") or 0)
+        c.save()
 
     # -- ICompute ---------------------------------------------------------------------
 
@@ -226,11 +271,13 @@ class LocalCompute:
             c.save()
             self._containers[cid] = c
         await self._mount(c)
-        etcfiles_dir = directory / "files"
-        await threads.deferToThread(
-            runtime_spec.write_files, spec, etcfiles_dir, self._dns or etcfiles.host_resolvers()
-        )
+        await threads.deferToThread(self._write_etc, c)
         await self._endpoint(c)
+
+    def _write_etc(self, c: _Container) -> None:
+        """hosts, resolv.conf, hostname (in a thread: reads the host's resolv.conf)."""
+        resolvers = self._dns or etcfiles.host_resolvers()
+        runtime_spec.write_files(c.spec, c.dir / "files", resolvers)
 
     @staticmethod
     def _make_dirs(directory: Path, spec: dict) -> None:
@@ -284,7 +331,7 @@ class LocalCompute:
 
     async def start(self, cid: str) -> dict:
         c = self._get(cid)
-        await c.exit_recorded()
+        await c.settled()
         if c.state["status"] in ("running", "paused"):
             raise ComputeError(f"Container {cid} is already running", "conflict")
         self._cancel_restart(c)
@@ -298,6 +345,8 @@ class LocalCompute:
         once is reported by its "die" event, after "start")."""
         await self._mount(c)
         await self._endpoint(c)
+        # The /etc files again: a create cut short may not have written them.
+        await threads.deferToThread(self._write_etc, c)
         config = await threads.deferToThread(self._bundle_config, c)
         _write_json(c.dir / "bundle" / "config.json", config)
         log_path = None if c.spec.get("log_driver") == "none" else self._log_path(c)
@@ -345,16 +394,14 @@ class LocalCompute:
     async def _exited(self, c: _Container, status, recovering: bool = False) -> None:
         if c.id not in self._containers:
             return
-        if c.recording_exit is not None:  # one exit, seen twice (watcher and stop)
-            await c.exit_recorded()
+        if c.exiting.busy:  # one exit, seen twice (the watcher and stop)
+            await c.exiting.wait()
             return
-        c.recording_exit = []
+        c.exiting.begin()
         try:
             await self._record_exit(c, status)
         finally:
-            waiters, c.recording_exit = c.recording_exit, None
-            for d in waiters:
-                d.callback(None)
+            c.exiting.end()
 
     async def _record_exit(self, c: _Container, status) -> None:
         ran = 0.0
@@ -413,6 +460,7 @@ class LocalCompute:
         if c.id not in self._containers or c.state.get("manually_stopped"):
             return
         c.state["restart_count"] += 1
+        c.restarting.begin()
         d = defer.ensureDeferred(self._run(c))
 
         def failed(f):
@@ -422,10 +470,13 @@ class LocalCompute:
             self._emit(c, "die")
 
         d.addErrback(failed)
+        d.addBoth(lambda _: c.restarting.end())
 
     async def stop(self, cid: str, timeout: float) -> dict:
         c = self._get(cid)
         c.state["manually_stopped"] = True
+        self._cancel_restart(c)
+        await c.settled()  # a policy restart under way: then stop what it started
         self._cancel_restart(c)
         if c.state["status"] == "restarting":
             c.state["status"] = "exited"
@@ -436,15 +487,28 @@ class LocalCompute:
             return _public(c.state)
         c.stopping = True
         try:
-            if c.state["status"] == "paused":
-                await self._runtime.resume(cid)
-            status = await self._runtime.stop(cid, c.spec.get("stop_signal") or "SIGTERM", timeout)
-            if c.state["status"] in ("running", "paused"):
+            status = await self._stop_process(c, timeout)
+            if status is not None and c.state["status"] in ("running", "paused"):
                 await self._exited(c, status)
-            await c.exit_recorded()
+            await c.settled()
         finally:
             c.stopping = False
         return _public(c.state)
+
+    async def _stop_process(self, c: _Container, timeout: float) -> ExitStatus | None:
+        """Stop signal, then SIGKILL after ``timeout``: the exit. None when the process
+        exited by itself meanwhile (recording that exit removed its runtime state under
+        our feet): then that recorded exit is the one to report."""
+        try:
+            if c.state["status"] == "paused":
+                await self._runtime.resume(c.id)
+            signal = c.spec.get("stop_signal") or "SIGTERM"
+            return await self._runtime.stop(c.id, signal, timeout)
+        except RuntimeFailure as e:
+            await c.settled()
+            if c.state["status"] in ("running", "paused"):
+                raise ComputeError(e.message, e.kind) from None
+            return None
 
     async def kill(self, cid: str, signal: str) -> None:
         c = self._get(cid)
@@ -456,7 +520,9 @@ class LocalCompute:
         try:
             await self._runtime.kill(cid, signal)
         except RuntimeFailure as e:
-            raise ComputeError(str(e), "invalid") from None
+            if e.kind != "invalid" and c.state["status"] not in ("running", "paused"):
+                raise ComputeError(f"Container {cid} is not running", "conflict") from None
+            raise ComputeError(e.message, e.kind) from None
 
     async def pause(self, cid: str) -> None:
         c = self._get(cid)
@@ -497,6 +563,7 @@ class LocalCompute:
             c.state["manually_stopped"] = True
             self._cancel_restart(c)
             c.stopping = True
+            await c.settled()
         await self._purge(cid, directory, c)
 
     async def _purge(self, cid: str, directory: Path, c: _Container | None = None) -> None:
@@ -513,7 +580,7 @@ class LocalCompute:
             await self._runtime.kill(cid, "SIGKILL", all_procs=True)
             await self._runtime.wait(cid)
         if c is not None:  # the watcher records the exit (and saves state.json) first
-            await c.exit_recorded()
+            await c.exiting.wait()
         await self._runtime.delete(cid)
         self._containers.pop(cid, None)
         for follower in list(self._followers.pop(cid, ())):

@@ -6,7 +6,9 @@ data dir, or named from its own containers' ids, are touched."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -66,3 +68,7 @@ def purge_node(daemon) -> None:
         if mount_point.startswith(str(node)):
             _run("umount", "-l", mount_point)
     _run("ip", "link", "del", daemon.bridge)
+    # The node's attach-socket dir (short, under /run: socket paths are limited).
+    runtime = node / "runtime"
+    digest = hashlib.sha256(str(runtime.resolve()).encode()).hexdigest()[:16]
+    shutil.rmtree(Path("/run/sdcd") / digest, ignore_errors=True)

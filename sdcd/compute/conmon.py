@@ -16,12 +16,20 @@ Layout under ``state_dir`` (one per node)::
                           cgroup OOM-killed a process of the container
         conmon.pid, pid   conmon's pid (-P) and the container's init pid (-p)
         runc.log          runc create's JSON log (the reason a create failed)
-        meta.json         bundle, log path, tty — to find the bundle files after a restart
-    sock/<cid>            conmon's --socket-dir-path entry: a symlink to the bundle, so that
-                          the attach socket is reachable by a short path
+        meta.json         bundle, log path, tty, stdin mode — to find the bundle files
+                          after a restart
+    exec/<exec id>/       one ``conmon --exec`` session: it is that conmon's bundle (attach,
+                          ctl, winsz) and persist dir (``exit``); ``process.json`` (the OCI
+                          process), ``pid`` (runc exec's pid file), ``conmon.pid``,
+                          ``runc.log`` and our ``meta.json`` (container id, tty, stdin)
+
+The socket dir (``--socket-dir-path``) is **not** under ``state_dir``: a unix socket path
+must fit in 108 bytes and state dirs can be long, so it is ``<socket_root>/<16 hex of
+sha256(state_dir)>/`` (``/run/sdcd/...`` by default, 0700). conmon makes ``<id>`` there a
+symlink to the bundle (or exec dir), so ``<sock dir>/<id>/attach`` is a short path.
 
 conmon itself puts three files in the **bundle** directory: ``attach`` (a SOCK_SEQPACKET
-listening socket; ``sock/<cid>/attach`` is the short path to it), ``ctl`` (a fifo taking
+listening socket, see ``sdcd.compute.stdio`` for its protocol), ``ctl`` (a fifo taking
 ``"<type> <height> <width>\\n"`` lines: type 1 resizes the tty, 2 reopens the log) and
 ``winsz`` (a fifo conmon uses internally). ``delete`` removes them.
 
@@ -30,23 +38,45 @@ writes one JSON line once ``runc create`` is done: ``{"data": <pid>}``, or
 ``{"data": -1, "message": <runc's stderr>}`` when create failed. Then ``runc start``
 runs the process. With ``conmon_cgroup`` set, conmon also gets a start pipe as fd 4
 (``_OCI_STARTPIPE``) and waits on it until we have moved it into that cgroup — so a
-service manager stopping sdcd's cgroup does not take conmon with it.
+service manager stopping sdcd's cgroup does not take conmon with it. Between ``runc
+create`` and ``runc start`` the attach socket already listens: sessions waiting for the
+start (``on_next_start``) connect then, so they miss none of the output.
+
+Stdin modes (conmon closes the container's stdin when an attach socket it reads stdin
+from reaches EOF — a half-close or a close — unless ``--leave-stdin-open``):
+
+* no tty, ``open_stdin`` and ``stdin_once``: ``-i``; the first attached client that ends
+  its stdin (or goes away) closes the container's stdin (``docker run -i``).
+* no tty, ``open_stdin`` only: ``-i --leave-stdin-open``; stdin stays open for the next.
+* tty: ``-t`` and never ``-i``; conmon writes attach input to the pty master whether or
+  not ``-i`` was given, and ``-i`` would make the first detach close that fd for good.
+
+Exec (``exec_launch``), as podman drives it: ``conmon --exec --exec-attach
+--exec-process-spec <file>`` with ``-c <cid> -u <exec id> -b <exec dir>``; three pipes:
+the sync pipe (fd 3) says ``{"data": <pid>}`` once ``runc exec --detach`` has run (or
+``{"data": <0, "message": ...}``) and later ``{"data": <exit code>}``; conmon writes
+``{"data": 0}`` on the attach pipe (fd 5, ``_OCI_ATTACHPIPE``) once its attach socket
+listens, then its child waits for a byte on the start pipe (fd 4, ``_OCI_STARTPIPE``;
+conmon reads that pipe twice: once at start-up, once before running ``runc exec``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
 import signal as signal_module
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet import defer, protocol, task, threads
+from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from sdcd.compute.interface import ComputeError
@@ -61,6 +91,10 @@ _POLL_INTERVAL = 0.5
 LOST_EXIT_CODE = 255
 #: conmon's ctl fifo message types (conmon's config.h).
 _CTL_RESIZE = 1
+#: Where the per-node socket dirs go (see the module docstring).
+SOCKET_ROOT = Path("/run/sdcd")
+_EXEC_POLL_INTERVAL = 0.1
+_log = Logger(namespace="sdcd.compute.conmon")
 
 
 class RuntimeFailure(ComputeError):
@@ -180,6 +214,142 @@ class _ConmonLauncher(protocol.ProcessProtocol):
         return value if isinstance(value, dict) else None
 
 
+@attrs.frozen
+class _StdinMode:
+    """A container's stdin set-up, turned into conmon flags (module docstring)."""
+
+    tty: bool
+    open_stdin: bool
+    stdin_once: bool
+
+    @property
+    def closes_stdin(self) -> bool:
+        return self.open_stdin and not self.tty and self.stdin_once
+
+    def conmon_flags(self) -> list[str]:
+        if self.tty:
+            return ["-t"]
+        if not self.open_stdin:
+            return []
+        return ["-i"] if self.stdin_once else ["-i", "--leave-stdin-open"]
+
+
+class StartHook(Protocol):
+    """What ``Runtime.on_next_start`` calls (an attach session waiting for a start)."""
+
+    def created(self) -> Awaitable[None]: ...
+
+    def failed(self, error: Exception) -> None: ...
+
+
+class _ExecLauncher(protocol.ProcessProtocol):
+    """The pipes of a ``conmon --exec --exec-attach``: ``ready`` fires with the attach
+    pipe's message (the attach socket listens), ``started`` with the sync pipe's first
+    message (pid, or runc's error), ``exited`` with its second (the exit code) or None
+    when conmon went away without one."""
+
+    def __init__(self) -> None:
+        self.ready: defer.Deferred[dict | None] = defer.Deferred()
+        self.started: defer.Deferred[dict | None] = defer.Deferred()
+        self.exited: defer.Deferred[dict | None] = defer.Deferred()
+        self._partial = {3: b"", 5: b""}
+        self.stderr = b""
+
+    def connectionMade(self) -> None:
+        self.transport.closeStdin()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD in self._partial:
+            *lines, self._partial[childFD] = (self._partial[childFD] + data).split(b"\n")
+            for line in lines:
+                self._message(childFD, _ConmonLauncher._parse(line))
+        elif len(self.stderr) < 65536:
+            self.stderr += data
+
+    def _message(self, fd: int, message: dict | None) -> None:
+        order = [self.ready] if fd == 5 else [self.started, self.exited]
+        for d in order:
+            if not d.called:
+                d.callback(message)
+                return
+
+    def childConnectionLost(self, childFD: int) -> None:
+        if childFD in self._partial:
+            rest = self._partial[childFD].strip()
+            if rest:
+                self._message(childFD, _ConmonLauncher._parse(rest))
+            self._partial[childFD] = b""
+            for d in [self.ready] if childFD == 5 else [self.started, self.exited]:
+                if not d.called:
+                    d.callback(None)
+
+    def processEnded(self, reason: Any) -> None:
+        for d in (self.ready, self.started, self.exited):
+            if not d.called:
+                d.callback(None)
+
+
+class ExecLaunch:
+    """A ``conmon --exec`` whose attach socket listens and whose process waits for
+    ``start()`` — connect to ``socket_path`` first to miss none of its output."""
+
+    def __init__(self, runtime: Runtime, exec_id: str, transport: Any, launcher: _ExecLauncher):
+        self.runtime = runtime
+        self.exec_id = exec_id
+        self.socket_path = runtime.sock_dir / exec_id / "attach"
+        self._transport = transport
+        self._launcher = launcher
+        launcher.exited.addCallback(lambda _: runtime._exec_ended(exec_id))
+
+    async def start(self) -> int:
+        """Let conmon run ``runc exec``; return the process's pid. When runc cannot run
+        it, record the exit code dockerd gives (126, or 127 for no such executable) and
+        raise RuntimeFailure with runc's words."""
+        self._transport.writeToChild(4, b"0")
+        self._transport.closeChildFD(4)
+        self._transport.closeChildFD(5)
+        try:
+            message = await _with_timeout(
+                self.runtime.reactor, self._launcher.started, _CREATE_TIMEOUT
+            )
+        except defer.TimeoutError:
+            self.abort()
+            raise RuntimeFailure(f"exec {self.exec_id} did not start in time") from None
+        pid = (message or {}).get("data")
+        if isinstance(pid, int) and pid > 0:
+            self.runtime._exec_launching.discard(self.exec_id)
+            return pid
+        directory = self.runtime.exec_dir(self.exec_id)
+        text = str(
+            (message or {}).get("message")
+            or Runtime._runc_log_error(directory)
+            or self._launcher.stderr.decode("utf-8", "replace").strip()
+            or "conmon failed"
+        ).strip()
+        lowered = text.lower()
+        kind = "conflict" if "stopped" in lowered or "not running" in lowered else "invalid"
+        code = 127 if "not found" in lowered or "no such file" in lowered else 126
+        with contextlib.suppress(OSError):
+            _write_atomic(directory / "exit", str(code))
+        self.runtime._exec_ended(self.exec_id)
+        raise RuntimeFailure(text, kind=kind)
+
+    def abort(self) -> None:
+        """Give up before ``start()``: kill this conmon (an EOF on the start pipe would
+        run the process anyway) and record the exec as never having run (exit 126)."""
+        directory = self.runtime.exec_dir(self.exec_id)
+        pid = _live_conmon(directory / "conmon.pid", self.exec_id)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal_module.SIGKILL)
+        with contextlib.suppress(OSError):
+            self._transport.closeChildFD(4)
+        with contextlib.suppress(OSError):
+            if not (directory / "exit").exists():
+                _write_atomic(directory / "exit", "126")
+        self.runtime._exec_ended(self.exec_id)
+
+
 class Runtime:
     """Starts, watches and controls containers on this node (runc + conmon)."""
 
@@ -190,6 +360,7 @@ class Runtime:
         runc: str = "/usr/sbin/runc",
         conmon: str = "/usr/bin/conmon",
         conmon_cgroup: str | None = None,
+        socket_root: Path = SOCKET_ROOT,
     ) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.reactor = reactor
@@ -201,10 +372,19 @@ class Runtime:
         self.runc_root = self.state_dir / "runc"
         self.exit_dir = self.state_dir / "exits"
         self.ctr_dir = self.state_dir / "ctr"
-        self.sock_dir = self.state_dir / "sock"
-        for d in (self.runc_root, self.exit_dir, self.ctr_dir, self.sock_dir):
+        self.exec_root = self.state_dir / "exec"
+        digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:16]
+        self.sock_dir = Path(socket_root) / digest
+        for d in (self.runc_root, self.exit_dir, self.ctr_dir, self.exec_root):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._ensure_socket_dir()
         self._waiters: dict[str, list[defer.Deferred[ExitStatus]]] = {}
+        #: Sessions to connect once conmon has created the container, before runc start.
+        self._start_hooks: dict[str, list[StartHook]] = {}
+        #: Exec sessions this process launched: their waiters, fired from the sync pipe.
+        self._exec_waiters: dict[str, list[defer.Deferred[int]]] = {}
+        #: Exec sessions between launch and start (no pid files yet: not "lost").
+        self._exec_launching: set[str] = set()
         #: Containers between their files being reset and conmon's pidfile: not "lost".
         self._starting: set[str] = set()
         self._poller = task.LoopingCall(self._poll)
@@ -219,8 +399,37 @@ class Runtime:
         return self.ctr_dir / _check_cid(cid)
 
     def attach_socket_path(self, cid: str) -> Path:
-        """conmon's attach socket by its short path (``sock/<cid>/attach``)."""
-        return self.sock_dir / _check_cid(cid) / "attach"
+        """conmon's attach socket by its short path (``<sock dir>/<cid>/attach``) — or,
+        for a container an older sdcd started with another socket dir, in its bundle (a
+        long path: ``sdcd.compute.stdio`` connects to those through /proc/self/fd)."""
+        short = self.sock_dir / _check_cid(cid) / "attach"
+        if not os.path.lexists(short.parent):
+            bundle = self._meta(cid).get("bundle")
+            if bundle and (Path(bundle) / "attach").exists():
+                return Path(bundle) / "attach"
+        return short
+
+    def stdio_config(self, cid: str) -> dict:
+        """How the container's stdio was set up by its last start: ``tty``,
+        ``open_stdin``, ``stdin_once`` and ``closes_stdin`` (whether conmon closes the
+        container's stdin when an attach socket reaches EOF). Empty when unknown."""
+        meta = self._meta(_check_cid(cid))
+        if not meta:
+            return {}
+        tty, open_stdin = bool(meta.get("tty")), bool(meta.get("open_stdin"))
+        # Containers started before stdin modes were recorded ran with a bare -i.
+        closes = meta.get("closes_stdin", open_stdin)
+        return {
+            "tty": tty,
+            "open_stdin": open_stdin,
+            "stdin_once": bool(meta.get("stdin_once")),
+            "closes_stdin": bool(closes),
+        }
+
+    def is_running(self, cid: str) -> bool:
+        """Whether the container's conmon lives and has not recorded an exit (cheap: no
+        runc call). A paused container counts as running."""
+        return self.conmon_pid(cid) is not None and self.exit_status(cid) is None
 
     def ctl_fifo_path(self, cid: str) -> Path | None:
         """conmon's control fifo, in the bundle; None when the bundle is unknown."""
@@ -237,30 +446,71 @@ class Runtime:
         tty: bool,
         open_stdin: bool,
         log_max: int = -1,
+        stdin_once: bool = False,
+        size: tuple[int, int] | None = None,
     ) -> int:
         """Create the container under a new conmon and start its process; return its pid.
 
         A stale runc container of that id (created or stopped) is deleted first; a
         running or paused one is a conflict. When runc cannot create the process (no
         such executable, bad config) this raises RuntimeFailure with runc's message and
-        leaves no runc state behind."""
+        leaves no runc state behind. ``stdin_once``: see the module docstring. ``size``
+        (height, width) is the tty's size before the process runs. Sessions waiting in
+        ``on_next_start`` connect between create and start."""
         _check_cid(cid)
         bundle = Path(bundle).absolute()
         if cid in self._starting:
             raise RuntimeFailure(f"container {cid} is already starting", kind="conflict")
         self._starting.add(cid)
+        mode = _StdinMode(tty, open_stdin, stdin_once)
         try:
             await self._clear_stale(cid)
-            persist = self._reset_files(cid, bundle, log_path, tty, open_stdin)
-            pid = await self._create(cid, bundle, persist, log_path, tty, open_stdin, log_max)
+            persist = self._reset_files(cid, bundle, log_path, mode)
+            pid = await self._create(cid, bundle, persist, log_path, mode, log_max)
+        except Exception as e:
+            self.fail_start_hooks(cid, e)
+            raise
         finally:
             self._starting.discard(cid)
+        if size is not None and tty:
+            with contextlib.suppress(RuntimeFailure):
+                await self.resize(cid, *size)
+        await self._run_start_hooks(cid)
         _out, err, code = await self._run_runc("start", cid)
         if code != 0:
             message = _runc_message(err)
             await self._discard(cid)
             raise RuntimeFailure(message, kind=_kind_of(message))
         return pid
+
+    def on_next_start(self, cid: str, hook: StartHook) -> None:
+        """Call ``hook.created()`` (awaited) when the container's next start has created
+        it and before its process runs, or ``hook.failed(error)`` if that start fails
+        before. For attaching before a start without losing the first output."""
+        self._start_hooks.setdefault(_check_cid(cid), []).append(hook)
+
+    def cancel_start_hook(self, cid: str, hook: StartHook) -> None:
+        """Forget a hook given to ``on_next_start`` (its session went away)."""
+        hooks = self._start_hooks.get(cid, [])
+        with contextlib.suppress(ValueError):
+            hooks.remove(hook)
+        if not hooks:
+            self._start_hooks.pop(cid, None)
+
+    async def _run_start_hooks(self, cid: str) -> None:
+        for hook in self._start_hooks.pop(cid, []):
+            try:
+                await hook.created()
+            except Exception:
+                _log.failure("a start hook of {cid} failed", cid=cid)
+
+    def fail_start_hooks(self, cid: str, error: Exception) -> None:
+        """End the sessions waiting for the container's next start (it is removed)."""
+        for hook in self._start_hooks.pop(cid, []):
+            try:
+                hook.failed(error)
+            except Exception:
+                _log.failure("a start hook of {cid} failed", cid=cid)
 
     async def _clear_stale(self, cid: str) -> None:
         if not (self.runc_root / cid).exists():
@@ -272,9 +522,7 @@ class Runtime:
             raise RuntimeFailure(f"container {cid} is already running", kind="conflict")
         await self._run_runc("delete", "--force", cid)
 
-    def _reset_files(
-        self, cid: str, bundle: Path, log_path: Path | None, tty: bool, open_stdin: bool
-    ) -> Path:
+    def _reset_files(self, cid: str, bundle: Path, log_path: Path | None, mode: _StdinMode) -> Path:
         """Forget a previous run's exit/oom/pid files; record where this run's files are."""
         persist = self.persist_dir(cid)
         persist.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -286,8 +534,10 @@ class Runtime:
         meta = {
             "bundle": str(bundle),
             "log_path": str(log_path) if log_path else None,
-            "tty": tty,
-            "open_stdin": open_stdin,
+            "tty": mode.tty,
+            "open_stdin": mode.open_stdin,
+            "stdin_once": mode.stdin_once,
+            "closes_stdin": mode.closes_stdin,
             "started_at": rfc3339nano(time.time_ns()),
         }
         _write_atomic(persist / "meta.json", json.dumps(meta))
@@ -299,8 +549,7 @@ class Runtime:
         bundle: Path,
         persist: Path,
         log_path: Path | None,
-        tty: bool,
-        open_stdin: bool,
+        mode: _StdinMode,
         log_max: int,
     ) -> list[str]:
         if log_path is not None and ":" in str(log_path):
@@ -325,11 +574,7 @@ class Runtime:
         ]  # fmt: skip
         if log_max > 0:
             args += ["--log-size-max", str(log_max)]
-        if tty:
-            args.append("-t")
-        if open_stdin:
-            args.append("-i")
-        return args
+        return args + mode.conmon_flags()
 
     async def _create(
         self,
@@ -337,12 +582,12 @@ class Runtime:
         bundle: Path,
         persist: Path,
         log_path: Path | None,
-        tty: bool,
-        open_stdin: bool,
+        mode: _StdinMode,
         log_max: int,
     ) -> int:
         """Spawn conmon, which runs ``runc create``; return the container's pid."""
-        args = self._conmon_args(cid, bundle, persist, log_path, tty, open_stdin, log_max)
+        args = self._conmon_args(cid, bundle, persist, log_path, mode, log_max)
+        self._ensure_socket_dir()
         env = dict(_ENV, _OCI_SYNCPIPE="3")
         fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", 3: "r"}
         if self.conmon_cgroup:
@@ -523,15 +768,164 @@ class Runtime:
         fifo = self.ctl_fifo_path(cid)
         if fifo is None or self.conmon_pid(cid) is None:
             raise RuntimeFailure(f"container {cid} is not running", kind="conflict")
-        line = f"{_CTL_RESIZE} {int(height)} {int(width)}\n".encode()
+        _write_ctl(fifo, f"{_CTL_RESIZE} {int(height)} {int(width)}\n", cid)
+
+    # -- exec ----------------------------------------------------------------------------
+
+    def exec_dir(self, exec_id: str) -> Path:
+        """The exec session's directory (conmon's bundle and persist dir for it)."""
+        return self.exec_root / _check_cid(exec_id)
+
+    async def exec_launch(
+        self, cid: str, exec_id: str, process: dict, tty: bool, stdin: bool
+    ) -> ExecLaunch:
+        """Run ``conmon --exec`` for the OCI ``process`` in the running container ``cid``
+        and wait until its attach socket listens; the process runs on ``start()``. An exec
+        id runs once: a second launch is a conflict, as is a container that is not
+        running. ``stdin``: the process reads a pipe that the first attach socket's EOF
+        closes; without it, /dev/null. With ``tty`` its stdin is the pty."""
+        _check_cid(cid)
+        directory = self.exec_dir(exec_id)
+        if not self.is_running(cid):
+            raise RuntimeFailure(f"Container {cid} is not running", kind="conflict")
         try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            raise RuntimeFailure(f"exec {exec_id} has already run", kind="conflict") from None
+        spec = dict(process, terminal=bool(tty))
+        meta = {"cid": cid, "tty": bool(tty), "stdin": bool(stdin)}
+        meta["created_at"] = rfc3339nano(time.time_ns())
+        _write_atomic(directory / "process.json", json.dumps(spec))
+        _write_atomic(directory / "meta.json", json.dumps(meta))
+        args = self._exec_args(cid, exec_id, directory, tty, stdin)
+        self._ensure_socket_dir()
+        self._exec_waiters[exec_id] = []
+        self._exec_launching.add(exec_id)
+        env = dict(_ENV, _OCI_SYNCPIPE="3", _OCI_STARTPIPE="4", _OCI_ATTACHPIPE="5")
+        fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", 3: "r", 4: "w", 5: "r"}
+        launcher = _ExecLauncher()
+        try:
+            transport = self.reactor.spawnProcess(
+                launcher, args[0], args, env=env, path=str(directory), childFDs=fds
+            )
         except OSError as e:
-            raise RuntimeFailure(f"cannot resize {cid}: {e.strerror}", kind="conflict") from e
+            _write_atomic(directory / "exit", "126")
+            self._exec_ended(exec_id)
+            raise RuntimeFailure(f"cannot run {args[0]}: {e}") from e
+        if self.conmon_cgroup:
+            await self._move_to_cgroup(transport.pid)
+        transport.writeToChild(4, b"0")  # conmon's first read: go on
+        launch = ExecLaunch(self, exec_id, transport, launcher)
         try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+            ready = await _with_timeout(self.reactor, launcher.ready, _CREATE_TIMEOUT)
+        except defer.TimeoutError:
+            ready = None
+        if ready is None or ready.get("data") != 0:
+            launch.abort()
+            stderr = launcher.stderr.decode("utf-8", "replace").strip()
+            raise RuntimeFailure(f"conmon failed to set up exec {exec_id}: {stderr}")
+        return launch
+
+    def _exec_args(self, cid: str, exec_id: str, directory: Path, tty: bool, stdin: bool):
+        args = [
+            self.conmon,
+            "--api-version", "1",
+            "-c", cid,
+            "-u", exec_id,
+            "-r", self.runc,
+            "-b", str(directory),
+            "-p", str(directory / "pid"),
+            "-P", str(directory / "conmon.pid"),
+            "--persist-dir", str(directory),
+            "--socket-dir-path", str(self.sock_dir),
+            "-l", "none",
+            "--runtime-arg", f"--root={self.runc_root}",
+            "--runtime-arg", "--log-format=json",
+            "--runtime-arg", f"--log={directory / 'runc.log'}",
+            "-e", "--exec-attach",
+            "--exec-process-spec", str(directory / "process.json"),
+        ]  # fmt: skip
+        if tty:
+            args.append("-t")
+        elif stdin:
+            args.append("-i")
+        return args
+
+    def exec_status(self, exec_id: str) -> dict:
+        """``{"cid", "running", "exit_code" (None while it runs or before it started),
+        "pid" (0 before)}`` from the exec's files — also for an exec an earlier sdcd
+        process started. An exec whose conmon died without an exit code is recorded as
+        exited with LOST_EXIT_CODE."""
+        directory = self.exec_dir(exec_id)
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+        except (OSError, ValueError):
+            raise RuntimeFailure(f"No such exec instance: {exec_id}", kind="not_found") from None
+        pid = _read_int(directory / "pid") or 0
+        code = _read_int(directory / "exit")
+        alive = _live_conmon(directory / "conmon.pid", exec_id) is not None
+        if code is None and not alive and exec_id not in self._exec_launching:
+            code = _read_int(directory / "exit")  # written just before conmon exits
+            if code is None:  # killed; or it never got to run the process
+                code = LOST_EXIT_CODE if pid else 126
+                with contextlib.suppress(OSError):
+                    _write_atomic(directory / "exit", str(code))
+        return {"cid": meta.get("cid"), "running": code is None and pid > 0 and alive,
+                "exit_code": code, "pid": pid}  # fmt: skip
+
+    def exec_wait(self, exec_id: str) -> defer.Deferred[int]:
+        """A Deferred that fires with the exec's exit code once it has one."""
+        return defer.ensureDeferred(self._exec_wait(exec_id))
+
+    async def _exec_wait(self, exec_id: str) -> int:
+        while True:
+            status = self.exec_status(exec_id)
+            if status["exit_code"] is not None:
+                self._unlink_exec_socket(exec_id)
+                return status["exit_code"]
+            waiters = self._exec_waiters.get(exec_id)
+            if waiters is not None:  # launched here: the sync pipe tells us at once
+                d: defer.Deferred[int] = defer.Deferred()
+                waiters.append(d)
+                await d
+            else:
+                await task.deferLater(self.reactor, _EXEC_POLL_INTERVAL)
+
+    def _exec_ended(self, exec_id: str) -> None:
+        self._exec_launching.discard(exec_id)
+        for d in self._exec_waiters.pop(exec_id, []):
+            d.callback(None)
+        self._unlink_exec_socket(exec_id)
+
+    def _unlink_exec_socket(self, exec_id: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.sock_dir / exec_id).unlink()
+
+    async def exec_resize(self, exec_id: str, height: int, width: int) -> None:
+        """Set the exec session's tty size (its conmon's ctl fifo)."""
+        directory = self.exec_dir(exec_id)
+        if _live_conmon(directory / "conmon.pid", exec_id) is None:
+            raise RuntimeFailure(f"exec {exec_id} is not running", kind="conflict")
+        _write_ctl(directory / "ctl", f"{_CTL_RESIZE} {int(height)} {int(width)}\n", exec_id)
+
+    def exec_ids(self, cid: str) -> list[str]:
+        """The exec sessions recorded for the container."""
+        found = []
+        for directory in sorted(self.exec_root.iterdir()):
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads((directory / "meta.json").read_text()).get("cid") == cid:
+                    found.append(directory.name)
+        return found
+
+    def exec_remove(self, exec_id: str) -> None:
+        """Forget an exec session: kill its conmon if it still runs, remove its files."""
+        directory = self.exec_dir(exec_id)
+        pid = _live_conmon(directory / "conmon.pid", exec_id)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal_module.SIGKILL)
+        self._exec_ended(exec_id)
+        shutil.rmtree(directory, ignore_errors=True)
 
     async def delete(self, cid: str) -> None:
         """Remove the container from runc (killing it) and conmon's files for it. The log
@@ -550,16 +944,7 @@ class Runtime:
 
     def conmon_pid(self, cid: str) -> int | None:
         """The pid of the container's conmon while it is alive, else None."""
-        pid = _read_int(self.persist_dir(cid) / "conmon.pid")
-        if not pid:
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        if not cmdline or not cmdline[0].endswith(b"conmon") or cid.encode() not in cmdline:
-            return None
-        return pid
+        return _live_conmon(self.persist_dir(cid) / "conmon.pid", cid)
 
     def close(self) -> None:
         """Stop watching (tests; service shutdown). Containers are not touched."""
@@ -572,6 +957,41 @@ class Runtime:
         for cid in list(self._waiters):
             for d in self._waiters.pop(cid):
                 d.cancel()
+        for exec_id in list(self._exec_waiters):
+            for d in self._exec_waiters.pop(exec_id):
+                d.cancel()
+        self._tidy_socket_dir()
+
+    def _ensure_socket_dir(self) -> None:
+        """(Re)make the socket dir: conmon cannot start without it, and another Runtime
+        over the same state dir may have removed it when it closed."""
+        self.sock_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.sock_dir.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(self.sock_dir, 0o700)
+
+    def _tidy_socket_dir(self) -> None:
+        """Drop the socket dir's symlinks whose conmon is gone (conmon 2.1.6 leaves them
+        behind), and the dir itself once empty: nothing of a stopped node stays in /run."""
+        try:
+            entries = list(self.sock_dir.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            name = entry.name
+            if not _CID.match(name):
+                continue
+            exec_dir = self.exec_root / name
+            if exec_dir.is_dir():
+                done = (exec_dir / "exit").exists()
+                alive = _live_conmon(exec_dir / "conmon.pid", name) is not None
+            else:  # an exited container's conmon is only draining: its socket is no use
+                done = self.exit_status(name) is not None
+                alive = self.conmon_pid(name) is not None
+            if done or not alive:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+        with contextlib.suppress(OSError):
+            self.sock_dir.rmdir()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -685,6 +1105,33 @@ class Runtime:
             return None
         _write_atomic(self.exit_dir / cid, str(LOST_EXIT_CODE))
         return self.exit_status(cid)
+
+
+def _write_ctl(fifo: Path, line: str, ident: str) -> None:
+    """One message to a conmon's ctl fifo (non-blocking: a fifo nobody reads is an error,
+    not a hang)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise RuntimeFailure(f"cannot resize {ident}: {e.strerror}", kind="conflict") from e
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _live_conmon(pidfile: Path, ident: str) -> int | None:
+    """The pid in ``pidfile`` if it is a live conmon for ``ident`` (its -c or -u)."""
+    pid = _read_int(pidfile)
+    if not pid:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if not cmdline or not cmdline[0].endswith(b"conmon") or ident.encode() not in cmdline:
+        return None
+    return pid
 
 
 def _check_cid(cid: str) -> str:

@@ -32,7 +32,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sdcd.compute import etcfiles, network, rootfs, users
+from sdcd.compute import etcfiles, network, rootfs, stdio, users
 from sdcd.compute import spec as runtime_spec
 from sdcd.compute.conmon import ExitStatus, Runtime, RuntimeFailure
 from sdcd.compute.host import host_facts
@@ -160,6 +160,9 @@ class LocalCompute:
         self._containers: dict[str, _Container] = {}
         self._listeners: list[Callable[[dict], None]] = []
         self._followers: dict[str, set] = {}
+        #: The last tty size asked for per container: applied at every start (a resize
+        #: sent before attach and start is not lost).
+        self._sizes: dict[str, tuple[int, int]] = {}
 
     def _stored_node_id(self) -> str:
         self._root.mkdir(parents=True, exist_ok=True)
@@ -357,6 +360,8 @@ class LocalCompute:
                 log_path,
                 tty=bool(c.spec.get("tty")),
                 open_stdin=bool(c.spec.get("open_stdin")),
+                stdin_once=bool(c.spec.get("stdin_once")),
+                size=self._sizes.get(c.id),
             )
         except RuntimeFailure as e:
             message = f"OCI runtime create failed: {e.message}: unknown"
@@ -550,9 +555,96 @@ class LocalCompute:
         c = self._get(cid)
         if not c.spec.get("tty"):
             return
-        resize = getattr(self._runtime, "resize", None)
-        if resize is not None:
-            await resize(cid, height, width)
+        self._sizes[cid] = (int(height), int(width))
+        if c.state["status"] in ("running", "paused"):
+            with contextlib.suppress(RuntimeFailure):  # exited meanwhile: kept for the next
+                await self._runtime.resize(cid, height, width)
+
+    async def attach(self, cid: str, options: dict, sink: stdio.IStreamSink) -> stdio.StdioSession:
+        """Join the container's stdio: now when it runs, else from its next start (as
+        dockerd: ``docker start -ai`` and attach-then-start rely on that)."""
+        self._get(cid)
+        try:
+            return await stdio.attach(
+                self._runtime,
+                cid,
+                sink,
+                stdin=bool(options.get("stdin")),
+                stdout=bool(options.get("stdout", True)),
+                stderr=bool(options.get("stderr", True)),
+                wait_start=True,
+            )
+        except RuntimeFailure as e:
+            raise ComputeError(e.message, e.kind) from None
+
+    async def exec_start(
+        self, cid: str, exec_id: str, config: dict, sink: stdio.IStreamSink | None
+    ) -> stdio.StdioSession:
+        """Run an exec session; ``config``: ``args``, ``env``, ``user``, ``cwd``, ``tty``,
+        ``stdin``/``stdout``/``stderr``, ``size`` ([height, width] or None). No sink:
+        detached."""
+        c = self._get(cid)
+        if c.state["status"] == "paused":
+            raise ComputeError(
+                f"Container {cid} is paused, unpause the container before exec", "conflict"
+            )
+        if c.state["status"] != "running":
+            raise ComputeError(f"Container {cid} is not running", "conflict")
+        process = await threads.deferToThread(self._exec_process, c, config)
+        size = config.get("size")
+        try:
+            return await stdio.exec_start(
+                self._runtime,
+                cid,
+                exec_id,
+                process,
+                sink,
+                stdin=bool(config.get("stdin")),
+                stdout=bool(config.get("stdout", True)),
+                stderr=bool(config.get("stderr", True)),
+                size=(int(size[0]), int(size[1])) if size else None,
+            )
+        except RuntimeFailure as e:
+            raise ComputeError(e.message, e.kind) from None
+
+    def _exec_process(self, c: _Container, config: dict) -> dict:
+        """The container's own OCI process (capabilities, rlimits, user...) with the
+        exec's args, tty, cwd and user, and its env as dockerd builds it: the
+        container's, then the exec's on top (TERM=xterm with a tty)."""
+        config_json = json.loads((c.dir / "bundle" / "config.json").read_text())
+        tty = bool(config.get("tty"))
+        process = dict(config_json["process"], args=list(config["args"]), terminal=tty)
+        env_spec = dict(c.spec, tty=tty, env=[*c.spec.get("env", []), *config.get("env", [])])
+        process["env"] = runtime_spec.container_env(env_spec)
+        if config.get("cwd"):
+            process["cwd"] = config["cwd"]
+        if config.get("user"):
+            target = c.dir / "bundle" / "rootfs"
+            try:
+                uid, gid, extra, _home = users.resolve_user(target, config["user"])
+            except users.UserError as e:
+                raise ComputeError(str(e), "invalid") from None
+            process["user"] = {"uid": uid, "gid": gid, "additionalGids": list(extra)}
+        return process
+
+    async def exec_resize(self, cid: str, exec_id: str, height: int, width: int) -> None:
+        self._get(cid)
+        try:
+            await stdio.exec_resize(self._runtime, cid, exec_id, height, width)
+        except RuntimeFailure as e:
+            raise ComputeError(e.message, e.kind) from None
+
+    async def exec_inspect(self, exec_id: str) -> dict:
+        try:
+            return stdio.exec_status(self._runtime, exec_id)
+        except RuntimeFailure as e:
+            raise ComputeError(e.message, e.kind) from None
+
+    async def exec_wait(self, exec_id: str) -> int:
+        try:
+            return await stdio.exec_wait(self._runtime, exec_id)
+        except RuntimeFailure as e:
+            raise ComputeError(e.message, e.kind) from None
 
     async def remove(self, cid: str) -> None:
         if not _VALID_ID.match(cid):  # never a path outside containers/
@@ -582,6 +674,10 @@ class LocalCompute:
         if c is not None:  # the watcher records the exit (and saves state.json) first
             await c.exiting.wait()
         await self._runtime.delete(cid)
+        self._runtime.fail_start_hooks(cid, ComputeError(f"No such container: {cid}", "not_found"))
+        for exec_id in self._runtime.exec_ids(cid):
+            self._runtime.exec_remove(exec_id)
+        self._sizes.pop(cid, None)
         self._containers.pop(cid, None)
         for follower in list(self._followers.pop(cid, ())):
             follower.container_exited()

@@ -5,6 +5,7 @@ refused options, tenancy, and sdcd restarts (clean and SIGKILL) while containers
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import urllib.request
@@ -687,3 +688,40 @@ def test_logs_since_until_and_size(alice):
     size = json.loads(alice.ok("ps", "-a", "-s", "--filter", f"name={n}", "--format", "{{json .}}"))
     assert "300kB" in size["Size"] or "307kB" in size["Size"], size["Size"]
     alice.ok("rm", n)
+
+
+# -- attach (the interactive cases are issue 5's; these are what `docker run` needs) ------
+
+
+def _docker_stdin(u: User, data: bytes, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env.update(
+        DOCKER_HOST=u.sdcd.docker_host, DOCKER_TLS_VERIFY="1",
+        DOCKER_CERT_PATH=str(u.certs), HOME=str(u.home),
+    )  # fmt: skip
+    return subprocess.run(["docker", *args], input=data, capture_output=True, env=env, timeout=60)
+
+
+def test_stdin_reaches_the_container_and_eof_ends_it(alice):
+    result = _docker_stdin(alice, b"line one\nline two\n", "run", "--rm", "-i", "busybox", "cat")
+    assert result.returncode == 0 and result.stdout == b"line one\nline two\n"
+    script = "read x; echo got $x; cat; echo done"
+    result = _docker_stdin(alice, b"a\nb\n", "run", "--rm", "-i", "busybox", "sh", "-c", script)
+    assert result.stdout == b"got a\nb\ndone\n"
+
+
+def test_start_attach_interactive(alice):
+    cid = alice.ok("create", "-i", "busybox", "cat").strip()
+    result = _docker_stdin(alice, b"via start\n", "start", "-ai", cid)
+    assert result.returncode == 0 and result.stdout == b"via start\n"
+    alice.ok("rm", cid)
+
+
+def test_large_output_through_attach_arrives_complete(alice):
+    result = subprocess.run(
+        "docker run --rm busybox sh -c 'dd if=/dev/zero bs=1M count=100 2>/dev/null' | wc -c",
+        shell=True, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "DOCKER_HOST": alice.sdcd.docker_host, "DOCKER_TLS_VERIFY": "1",
+             "DOCKER_CERT_PATH": str(alice.certs), "HOME": str(alice.home)},
+    )  # fmt: skip
+    assert result.stdout.strip() == str(100 * 1024 * 1024)

@@ -50,6 +50,40 @@ class ILogConsumer(Interface):
         """The source is done (end of log, or the container exited when following)."""
 
 
+class IStreamSink(Interface):
+    """Where a stdio session's output goes (the API adapts a hijacked connection)."""
+
+    def write(stream, data):
+        """Output bytes; ``stream`` is "stdout" or "stderr" (with a tty always "stdout")."""
+
+    def end():
+        """The output ended because the process exited. Not called after a detach."""
+
+    def registerProducer(producer, streaming):
+        """The session (an IPushProducer): pause it while the sink cannot keep up."""
+
+    def unregisterProducer():
+        """The session is over."""
+
+
+class IStdioSession(Interface):
+    """One client's attachment to a process's stdio."""
+
+    done = Attribute("Deferred: 'exited' (output ended, sink.end() called) or 'detached'.")
+    bytes_in = Attribute("Stdin bytes accepted.")
+    bytes_out = Attribute("Output bytes delivered.")
+
+    def write_stdin(data):
+        """Bytes for the process's stdin (dropped without stdin)."""
+
+    def close_stdin():
+        """The client's stdin ended (the process sees EOF when it was started for a
+        single client: StdinOnce)."""
+
+    def close():
+        """Detach: the session ends, the process goes on."""
+
+
 class ICompute(Interface):
     """One compute node."""
 
@@ -101,6 +135,11 @@ class ICompute(Interface):
         None), ``since``/``until`` (unix seconds: a number, an exact decimal string, or
         None), ``follow`` (bool), ``attach`` (bool: from now until the next exit).
         Deferred that fires when the stream ends."""
+
+    def attach(cid, options, sink):
+        """Join the container's stdio (``options``: stdin, stdout, stderr booleans): from
+        now when it runs, else from its next start. Deferred IStdioSession, which fires
+        once joined (for a container not running: at its start)."""
 
     def subscribe(listener):
         """Call ``listener(event)`` for every node event from now on."""

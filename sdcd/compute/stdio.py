@@ -41,9 +41,10 @@ from typing import Any
 from twisted.internet import abstract, defer, error, main, task
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python import failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from sdcd.compute.conmon import Runtime, RuntimeFailure
+from sdcd.compute.interface import IStdioSession, IStreamSink
 
 #: Stream ids in conmon's packets (its ``stdpipe_t``).
 _STREAMS = {2: "stdout", 3: "stderr"}
@@ -61,23 +62,6 @@ _CONNECT_TIMEOUT = 10.0
 #: How long a detaching session may take to hand over stdin it has buffered.
 _DETACH_FLUSH_TIMEOUT = 5.0
 _SUN_PATH_MAX = 107
-
-
-class IStreamSink(Interface):
-    """Where a session's output goes (the API adapts a hijacked connection to it)."""
-
-    def write(stream, data):
-        """Output bytes; ``stream`` is "stdout" or "stderr" (with a tty always "stdout")."""
-
-    def end():
-        """The output ended because the process exited (or its conmon went away). Not
-        called when the session was closed by ``StdioSession.close``."""
-
-    def registerProducer(producer, streaming):
-        """The session (an IPushProducer): pause it while the sink cannot keep up."""
-
-    def unregisterProducer():
-        """The session is over."""
 
 
 class _PacketTransport(abstract.FileDescriptor):
@@ -184,7 +168,7 @@ class _PacketTransport(abstract.FileDescriptor):
         return self.socket
 
 
-@implementer(IPushProducer, IConsumer)
+@implementer(IPushProducer, IConsumer, IStdioSession)
 class StdioSession:
     """One client's view of a process's stdio: output to ``sink``, stdin from
     ``write_stdin``. A push producer towards the sink (paused, it stops reading conmon) and

@@ -456,9 +456,13 @@ class ContainerService:
             raise NotImplementedYet("configured logging driver does not support reading")
         await self._call(self._compute.logs, record.id, options, consumer)
 
-    async def attach_output(self, account: Account, cid: str, consumer) -> None:
-        """Stream the container's output from now until it exits (attach without stdin)."""
-        options = {"follow": True, "tail": 0, "since": None, "until": None, "attach": True}
+    async def attach(self, account: Account, cid: str, options: dict, sink):
+        """Join the container's stdio (from its next start when it is not running)."""
+        return await self._call(self._compute.attach, cid, options, sink)
+
+    async def replay_logs(self, account: Account, cid: str, consumer) -> None:
+        """The kept log, for ``attach?logs=1``."""
+        options = {"follow": False, "tail": None, "since": None, "until": None}
         await self._call(self._compute.logs, cid, options, consumer)
 
     def prune_layers(self) -> None:

@@ -152,6 +152,11 @@ async def test_echo_hi_logs_and_exit_zero(runtime, bundles, tmp_path):
     assert texts(read_entries(log)) == [b"hi\n"]
     assert runtime.exit_status(cid) == status
     assert (await runtime.state(cid))["status"] == "stopped"
+    # conmon writes the exit file, then exits: on a loaded machine a moment later.
+    for _ in range(100):
+        if runtime.conmon_pid(cid) is None:
+            break
+        await sleep(0.05)
     assert runtime.conmon_pid(cid) is None
 
 

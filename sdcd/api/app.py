@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from klein import Klein
 from twisted.internet import defer
@@ -20,6 +19,7 @@ from sdcd.api import images as render_images
 from sdcd.api import system as render_system
 from sdcd.api.errors import render_failure, write_json_error
 from sdcd.api.filters import image_filter, parse_filters
+from sdcd.api.params import arg, flag, json_body
 from sdcd.api.streams import ChunkWriter, JSONStream, error_message
 from sdcd.api.versions import MAX_VERSION, render
 from sdcd.core import events as event_filters
@@ -28,23 +28,6 @@ from sdcd.core.images import ImageService
 from sdcd.core.system import SystemService
 from sdcd.images.archive import tar_chunks
 from sdcd.images.registry import Credentials, RegistryError
-
-
-def json_body(request, body: Any, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps(body).encode() + b"\n"
-
-
-def arg(request, name: str, default: str | None = None) -> str | None:
-    """A query parameter as text (the last one if repeated)."""
-    values = request.args.get(name.encode())
-    return values[-1].decode("utf-8", "replace") if values else default
-
-
-def flag(request, name: str) -> bool:
-    """dockerd's boolean query values: 1/true/True are true; absent, 0, false are not."""
-    return (arg(request, name, "") or "").lower() in ("1", "true", "yes")
 
 
 def _unix(value: str | None) -> float | None:

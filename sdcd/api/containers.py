@@ -3,7 +3,6 @@ render as dockerd does for the request's API version."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from klein import Klein
@@ -14,59 +13,10 @@ from sdcd.api import containerviews as views
 from sdcd.api.errors import render_failure
 from sdcd.api.filters import parse_filters
 from sdcd.api.logstream import LogWriter
+from sdcd.api.params import arg, flag, integer, json_body, no_content, read_json
 from sdcd.core import containerfilters
 from sdcd.core.containers import ContainerService
 from sdcd.core.errors import InvalidArgument
-
-MAX_BODY = 1024 * 1024
-
-
-def _arg(request, name: str, default: str | None = None) -> str | None:
-    values = request.args.get(name.encode())
-    return values[-1].decode("utf-8", "replace") if values else default
-
-
-def _flag(request, name: str, default: bool = False) -> bool:
-    value = _arg(request, name)
-    if value is None:
-        return default
-    return value.lower() in ("1", "true", "yes")
-
-
-def _int(request, name: str, default: int | None = None) -> int | None:
-    value = _arg(request, name)
-    if value in (None, ""):
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidArgument(f"invalid value for {name}: {value}") from None
-
-
-def _json(request, body: Any, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps(body).encode() + b"\n"
-
-
-def _no_content(request) -> bytes:
-    request.setResponseCode(204)
-    return b""
-
-
-def _read_body(request) -> dict:
-    raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
-    if len(raw) > MAX_BODY:
-        raise InvalidArgument("request body too large")
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as e:
-        raise InvalidArgument(f"invalid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("invalid JSON: the body must be an object")
-    return body
 
 
 class ContainerRoutes:
@@ -97,11 +47,11 @@ class ContainerRoutes:
 
     @app.route("/create", methods=["POST"])
     async def create(self, request) -> bytes:
-        body = _read_body(request)
+        body = read_json(request)
         cid, warnings = await self._containers.create(
-            request.sdcd_account, body, request.sdcd_version, _arg(request, "name") or None
+            request.sdcd_account, body, request.sdcd_version, arg(request, "name") or None
         )
-        return _json(request, {"Id": cid, "Warnings": warnings}, 201)
+        return json_body(request, {"Id": cid, "Warnings": warnings}, 201)
 
     @app.route("/json", methods=["GET"])
     async def list(self, request) -> bytes:
@@ -120,74 +70,74 @@ class ContainerRoutes:
 
         chosen = containerfilters.filter_containers(
             list(summaries.values()),
-            parse_filters(_arg(request, "filters")),
-            _flag(request, "all"),
-            _int(request, "limit", -1) or -1,
-            _arg(request, "before"),
-            _arg(request, "since"),
+            parse_filters(arg(request, "filters")),
+            flag(request, "all"),
+            integer(request, "limit", -1) or -1,
+            arg(request, "before"),
+            arg(request, "since"),
             lookup,
         )
         now = self._clock()
-        with_size = _flag(request, "size")
+        with_size = flag(request, "size")
         out = []
         for item in chosen:
             record, state = by_ref[item["id"]]
             size = await self._containers.disk_usage(record) if with_size else None
             out.append(views.summary(record, state, now, request.sdcd_version, size))
-        return _json(request, out)
+        return json_body(request, out)
 
     @app.route("/<ref>/json", methods=["GET"])
     async def inspect(self, request, ref: str) -> bytes:
         record, state = await self._containers.get(request.sdcd_account, ref)
-        size = await self._containers.disk_usage(record) if _flag(request, "size") else None
-        return _json(request, views.inspect(record, state, request.sdcd_version, size))
+        size = await self._containers.disk_usage(record) if flag(request, "size") else None
+        return json_body(request, views.inspect(record, state, request.sdcd_version, size))
 
     @app.route("/<ref>/start", methods=["POST"])
     async def start(self, request, ref: str) -> bytes:
         await self._containers.start(request.sdcd_account, ref)
-        return _no_content(request)
+        return no_content(request)
 
     @app.route("/<ref>/stop", methods=["POST"])
     async def stop(self, request, ref: str) -> bytes:
-        await self._containers.stop(request.sdcd_account, ref, _int(request, "t"))
-        return _no_content(request)
+        await self._containers.stop(request.sdcd_account, ref, integer(request, "t"))
+        return no_content(request)
 
     @app.route("/<ref>/restart", methods=["POST"])
     async def restart(self, request, ref: str) -> bytes:
-        await self._containers.restart(request.sdcd_account, ref, _int(request, "t"))
-        return _no_content(request)
+        await self._containers.restart(request.sdcd_account, ref, integer(request, "t"))
+        return no_content(request)
 
     @app.route("/<ref>/kill", methods=["POST"])
     async def kill(self, request, ref: str) -> bytes:
-        await self._containers.kill(request.sdcd_account, ref, _arg(request, "signal"))
-        return _no_content(request)
+        await self._containers.kill(request.sdcd_account, ref, arg(request, "signal"))
+        return no_content(request)
 
     @app.route("/<ref>/pause", methods=["POST"])
     async def pause(self, request, ref: str) -> bytes:
         await self._containers.pause(request.sdcd_account, ref)
-        return _no_content(request)
+        return no_content(request)
 
     @app.route("/<ref>/unpause", methods=["POST"])
     async def unpause(self, request, ref: str) -> bytes:
         await self._containers.unpause(request.sdcd_account, ref)
-        return _no_content(request)
+        return no_content(request)
 
     @app.route("/<ref>/rename", methods=["POST"])
     async def rename(self, request, ref: str) -> bytes:
-        name = _arg(request, "name")
+        name = arg(request, "name")
         if not name:
             raise InvalidArgument("name is required")
         await self._containers.rename(request.sdcd_account, ref, name)
-        return _no_content(request)
+        return no_content(request)
 
     @app.route("/<ref>/top", methods=["GET"])
     async def top(self, request, ref: str) -> bytes:
-        result = await self._containers.top(request.sdcd_account, ref, _arg(request, "ps_args"))
-        return _json(request, result)
+        result = await self._containers.top(request.sdcd_account, ref, arg(request, "ps_args"))
+        return json_body(request, result)
 
     @app.route("/<ref>/resize", methods=["POST"])
     async def resize(self, request, ref: str) -> bytes:
-        height, width = _int(request, "h", 0), _int(request, "w", 0)
+        height, width = integer(request, "h", 0), integer(request, "w", 0)
         await self._containers.resize(request.sdcd_account, ref, height, width)
         request.setResponseCode(200)
         return b""
@@ -195,7 +145,7 @@ class ContainerRoutes:
     @app.route("/<ref>/wait", methods=["POST"])
     async def wait(self, request, ref: str) -> bytes:
         version = request.sdcd_version
-        condition = _arg(request, "condition") if version >= (1, 30) else None
+        condition = arg(request, "condition") if version >= (1, 30) else None
         waiting = defer.ensureDeferred(
             self._containers.wait(request.sdcd_account, ref, condition or "not-running")
         )
@@ -210,29 +160,29 @@ class ContainerRoutes:
         body: dict[str, Any] = {"StatusCode": state.exit_code}
         if version >= (1, 30):
             body["Error"] = {"Message": state.error} if state.error else None
-        return _json(request, body)
+        return json_body(request, body)
 
     @app.route("/<ref>", methods=["DELETE"])
     async def remove(self, request, ref: str) -> bytes:
-        await self._containers.remove(request.sdcd_account, ref, _flag(request, "force"))
-        return _no_content(request)
+        await self._containers.remove(request.sdcd_account, ref, flag(request, "force"))
+        return no_content(request)
 
     @app.route("/<ref>/logs", methods=["GET"])
     async def logs(self, request, ref: str) -> bytes:
-        stdout, stderr = _flag(request, "stdout"), _flag(request, "stderr")
+        stdout, stderr = flag(request, "stdout"), flag(request, "stderr")
         if not (stdout or stderr):
             raise InvalidArgument("Bad parameters: you must choose at least one stream")
         record, _ = await self._containers.get(request.sdcd_account, ref)
         options = {
-            "follow": _flag(request, "follow"),
-            "tail": _tail(_arg(request, "tail")),
-            "since": _time(_arg(request, "since")),
-            "until": _time(_arg(request, "until")),
+            "follow": flag(request, "follow"),
+            "tail": _tail(arg(request, "tail")),
+            "since": _time(arg(request, "since")),
+            "until": _time(arg(request, "until")),
         }
         writer = LogWriter(
             request,
             streams={s for s, on in (("stdout", stdout), ("stderr", stderr)) if on},
-            timestamps=_flag(request, "timestamps"),
+            timestamps=flag(request, "timestamps"),
             multiplexed=not record.config.get("Tty"),
             version=request.sdcd_version,
         )

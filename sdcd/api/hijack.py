@@ -25,6 +25,7 @@ from zope.interface import implementer
 from sdcd.api.errors import render_failure
 from sdcd.api.halfclose import hijack_transport
 from sdcd.api.logstream import frame
+from sdcd.api.params import flag
 from sdcd.compute.interface import ILogConsumer, IStreamSink
 from sdcd.core.errors import InvalidArgument
 
@@ -33,13 +34,6 @@ log = Logger()
 RAW = b"application/vnd.docker.raw-stream"
 MULTIPLEXED = b"application/vnd.docker.multiplexed-stream"
 DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
-
-
-def _flag(request, name: str, default: bool = False) -> bool:
-    values = request.args.get(name.encode())
-    if not values:
-        return default
-    return values[-1].decode().lower() in ("1", "true", "yes")
 
 
 def parse_detach_keys(text: str) -> bytes:
@@ -201,7 +195,7 @@ class AttachResource(Resource):
     async def _attach(self, request) -> None:
         account = request.sdcd_account
         record, _ = await self._containers.get(account, self._ref)
-        options = {s: _flag(request, s) for s in ("stdin", "stdout", "stderr")}
+        options = {s: flag(request, s) for s in ("stdin", "stdout", "stderr")}
         if not any(options.values()):
             raise InvalidArgument("Bad parameters: you must choose at least one stream")
         keys_text = request.args.get(b"detachKeys", [b""])[-1].decode() or DEFAULT_DETACH_KEYS
@@ -213,9 +207,9 @@ class AttachResource(Resource):
         request._hijacked = True
         started = time.monotonic()
         request.notifyFinish().addBoth(lambda _: self._client_gone(stream))
-        if _flag(request, "logs"):
+        if flag(request, "logs"):
             await self._containers.replay_logs(account, record.id, stream)
-        if _flag(request, "stream", default=True) and stream.how == "open":
+        if flag(request, "stream", default=True) and stream.how == "open":
             session = await self._containers.attach(account, record.id, options, stream)
             stream.joined(session)
             if stream.how != "open":

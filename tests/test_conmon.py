@@ -34,14 +34,19 @@ def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds)
 
 
-@pytest.fixture(scope="module")
-def rootfs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("busybox") / "rootfs"
+def busybox_rootfs(root, applets) -> None:
+    """A minimal root: /bin/busybox and the applets' symlinks."""
     for d in ("bin", "proc", "dev", "sys", "tmp", "etc"):
         (root / d).mkdir(parents=True)
     shutil.copy("/bin/busybox", root / "bin" / "busybox")
-    for applet in APPLETS:
+    for applet in applets:
         (root / "bin" / applet).symlink_to("busybox")
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("busybox") / "rootfs"
+    busybox_rootfs(root, APPLETS)
     yield root
     remove_cgroups(CGROUP_PARENT)
     remove_cgroups("sdcd-test", only_if_empty=True)

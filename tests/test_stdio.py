@@ -22,7 +22,7 @@ from twisted.internet import defer, reactor, task
 
 from sdcd.compute import stdio
 from sdcd.compute.conmon import Runtime, RuntimeFailure
-from tests.test_conmon import cleanup_state, remove_cgroups
+from tests.test_conmon import busybox_rootfs, cleanup_state, remove_cgroups
 
 RUNC = "/usr/sbin/runc"
 CGROUP_PARENT = f"sdcd-test/stdio-{uuid.uuid4().hex[:8]}"
@@ -46,11 +46,7 @@ async def until(predicate, timeout: float = 10.0, interval: float = 0.02):
 @pytest.fixture(scope="module")
 def rootfs(tmp_path_factory):
     root = tmp_path_factory.mktemp("busybox") / "rootfs"
-    for d in ("bin", "proc", "dev", "sys", "tmp", "etc"):
-        (root / d).mkdir(parents=True)
-    shutil.copy("/bin/busybox", root / "bin" / "busybox")
-    for applet in APPLETS:
-        (root / "bin" / applet).symlink_to("busybox")
+    busybox_rootfs(root, APPLETS)
     yield root
     remove_cgroups(CGROUP_PARENT)
     remove_cgroups("sdcd-test", only_if_empty=True)

@@ -725,3 +725,22 @@ def test_large_output_through_attach_arrives_complete(alice):
              "DOCKER_CERT_PATH": str(alice.certs), "HOME": str(alice.home)},
     )  # fmt: skip
     assert result.stdout.strip() == str(100 * 1024 * 1024)
+
+
+def test_tmpfs_and_volumes(alice):
+    out = alice.ok("run", "--rm", "--tmpfs", "/scratch:size=1m", "busybox", "sh", "-c",
+                   "grep /scratch /proc/mounts; echo x > /scratch/f && cat /scratch/f")  # fmt: skip
+    assert "tmpfs /scratch tmpfs" in out and "x\n" in out
+    assert alice.ok("run", "--rm", "-v", "/data", "busybox", "sh", "-c",
+                    "echo kept > /data/f; cat /data/f") == "kept\n"  # fmt: skip
+    cid = alice.ok("create", "-v", "/etc", "busybox", "cat", "/etc/passwd").strip()
+    assert [m["Destination"] for m in inspect(alice, cid)["Mounts"]] == ["/etc"]
+    alice.ok("start", cid)
+    alice.ok("wait", cid)
+    assert "root:" in alice.ok("logs", cid)  # the image's files fill a new volume
+    alice.ok("rm", cid)
+    before = alice.ok("ps", "-aq")
+    named = alice.docker("create", "-v", "mine:/data", "busybox", "true")
+    assert named.returncode != 0 and "named volumes are not implemented" in named.stderr
+    bad = alice.docker("create", "--tmpfs", "/x:suid=maybe", "busybox", "true")
+    assert alice.ok("ps", "-aq") == before or bad.returncode == 0

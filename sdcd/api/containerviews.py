@@ -4,9 +4,11 @@ per API version as dockerd shapes them."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import shlex
 from typing import Any
 
+from sdcd.core.containers import anonymous_volumes
 from sdcd.store.records import ContainerRecord, ContainerState
 
 NETWORK_ID_PREFIX = "sdcd-net-"
@@ -162,11 +164,21 @@ def summary(record, state, now: float, version, size: dict | None) -> dict[str, 
         "Status": status_text(state, now),
         "HostConfig": {"NetworkMode": record.host_config.get("NetworkMode") or "default"},
         "NetworkSettings": {"Networks": {"bridge": _endpoint(record, running)}},
-        "Mounts": [],
+        "Mounts": mounts(record),
     }
     if size is not None:
         out["SizeRw"] = size.get("rw", 0)
         out["SizeRootFs"] = size.get("rootfs", 0)
+    return out
+
+
+def mounts(record: ContainerRecord) -> list[dict[str, Any]]:
+    """The anonymous volumes and tmpfs mounts, as dockerd lists them."""
+    out = []
+    for destination in anonymous_volumes(record.config, record.host_config):
+        name = hashlib.sha256((record.id + destination).encode()).hexdigest()
+        out.append({"Type": "volume", "Name": name, "Source": "", "Destination": destination,
+                    "Driver": "local", "Mode": "", "RW": True, "Propagation": ""})  # fmt: skip
     return out
 
 
@@ -208,7 +220,7 @@ def inspect(record, state, version, size: dict | None) -> dict[str, Any]:
         "ExecIDs": None,
         "HostConfig": _host_config(record),
         "GraphDriver": {"Name": "overlay", "Data": None},
-        "Mounts": [],
+        "Mounts": mounts(record),
         "Config": _config(record),
         "NetworkSettings": {
             "Bridge": "",

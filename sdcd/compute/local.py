@@ -278,9 +278,26 @@ class LocalCompute:
         await self._endpoint(c)
 
     def _write_etc(self, c: _Container) -> None:
-        """hosts, resolv.conf, hostname (in a thread: reads the host's resolv.conf)."""
+        """hosts, resolv.conf, hostname (in a thread: reads the host's resolv.conf); the
+        anonymous volumes' directories, filled from the image on first use as dockerd
+        does."""
         resolvers = self._dns or etcfiles.host_resolvers()
         runtime_spec.write_files(c.spec, c.dir / "files", resolvers)
+        for destination in c.spec.get("volumes") or ():
+            target = runtime_spec.volume_dir(c.dir, destination)
+            if target.exists():
+                continue
+            tmp = target.with_name(target.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                source = users.resolve_in_root(c.dir / "bundle" / "rootfs", destination)
+            except OSError:
+                source = None
+            if source is not None and source.is_dir():
+                shutil.copytree(source, tmp, symlinks=True)
+            else:
+                tmp.mkdir(parents=True)
+            os.replace(tmp, target)
 
     @staticmethod
     def _make_dirs(directory: Path, spec: dict) -> None:
@@ -320,17 +337,13 @@ class LocalCompute:
             uid, gid, extra, _home = users.resolve_user(target, c.spec.get("user") or "")
         except users.UserError as e:
             raise ComputeError(str(e), "invalid") from None
-        config = runtime_spec.runtime_spec(
-            c.spec,
-            target,
-            network.netns_path(c.id),
-            f"/sdcd/{c.id}",
-            c.dir / "files",
-            uid,
-            gid,
-            extra,
-        )
-        return config
+        try:
+            return runtime_spec.runtime_spec(
+                c.spec, target, network.netns_path(c.id), f"/sdcd/{c.id}",
+                c.dir / "files", uid, gid, extra,
+            )  # fmt: skip
+        except ValueError as e:
+            raise ComputeError(str(e), "invalid") from None
 
     async def start(self, cid: str) -> dict:
         c = self._get(cid)

@@ -29,6 +29,7 @@ writes the /etc files (``sdcd.compute.etcfiles``) first.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -226,7 +227,43 @@ def _mounts(spec: dict, files_dir: Path) -> list[dict]:
                 "options": list(bind_options),
             }
         )
+    mounts.extend(_tmpfs_mounts(spec))
+    for destination in sorted(spec.get("volumes") or ()):
+        mounts.append(
+            {
+                "destination": destination,
+                "type": "bind",
+                "source": os.path.abspath(volume_dir(files_dir.parent, destination)),
+                "options": ["rbind", "rprivate"],
+            }
+        )
     return mounts
+
+
+def volume_dir(container_dir: Path, destination: str) -> Path:
+    """Where an anonymous volume of the container lives on the node."""
+    digest = hashlib.sha256(destination.encode()).hexdigest()[:16]
+    return container_dir / "volumes" / digest
+
+
+#: What a ``--tmpfs`` option string may say (dockerd passes these on to mount(8)).
+_TMPFS_OPTIONS = ("rw", "ro", "nosuid", "suid", "nodev", "dev", "noexec", "exec")
+
+
+def _tmpfs_mounts(spec: dict) -> list[dict]:
+    """``--tmpfs /path[:opts]``: memory-backed, counted against the container's memory
+    cgroup; nosuid,nodev,noexec by default as dockerd does."""
+    out = []
+    for destination, options in sorted((spec.get("tmpfs") or {}).items()):
+        opts = ["nosuid", "nodev", "noexec"]
+        for opt in filter(None, (options or "").split(",")):
+            key = opt.split("=", 1)[0]
+            if opt not in _TMPFS_OPTIONS and key not in ("size", "mode"):
+                raise ValueError(f"invalid tmpfs option {opt!r} for {destination}")
+            opts.append(opt)
+        out.append({"destination": destination, "type": "tmpfs", "source": "tmpfs",
+                    "options": opts})  # fmt: skip
+    return out
 
 
 def memory_limits(resources: dict) -> dict:

@@ -151,6 +151,7 @@ class ContainerService:
         require_provisioning(account)
         createspec.refusals_check(body)
         config, host_config = createspec.normalize_create(body, version)
+        _refuse_unbuilt_volumes(host_config)
         if name:
             name = names.valid_name(name)
         image = await self._images.resolve(account, config.get("Image") or "")
@@ -288,6 +289,8 @@ class ContainerService:
             "dns_options": list(host.get("DnsOptions") or []),
             "extra_hosts": list(host.get("ExtraHosts") or []),
             "read_only": bool(host.get("ReadonlyRootfs")),
+            "tmpfs": _tmpfs(host),
+            "volumes": anonymous_volumes(config, host),
             "cap_drop": list(host.get("CapDrop") or []),
             "no_new_privileges": "no-new-privileges" in (host.get("SecurityOpt") or [])
             or "no-new-privileges:true" in (host.get("SecurityOpt") or []),
@@ -570,6 +573,46 @@ class ContainerService:
             return await method(*args)
         except ComputeError as e:
             raise _compute_error(e, args[0]) from None
+
+
+def _refuse_unbuilt_volumes(host_config: dict) -> None:
+    """Named volumes and --volumes-from need the volume service (not built yet): say so
+    rather than run without them. Anonymous volumes (``-v /data``) stay in the
+    container's own filesystem, removed with it, as an anonymous volume is by ``rm -v``."""
+    for bind in host_config.get("Binds") or ():
+        source, _, _ = createspec.parse_bind(bind)
+        if source:
+            raise NotImplementedYet(f"named volumes are not implemented yet: -v {bind}")
+    for mount in host_config.get("Mounts") or ():
+        if mount.get("Type") == "volume" and mount.get("Source"):
+            raise NotImplementedYet(
+                f"named volumes are not implemented yet: --mount source={mount['Source']}"
+            )
+    if host_config.get("VolumesFrom"):
+        raise NotImplementedYet("--volumes-from is not implemented yet")
+
+
+def anonymous_volumes(config: dict, host_config: dict) -> list[str]:
+    """Destinations of the container's anonymous volumes: the image's and ``-v /path``
+    and ``--mount type=volume`` without a name."""
+    found = set(config.get("Volumes") or {})
+    for bind in host_config.get("Binds") or ():
+        _, destination, _ = createspec.parse_bind(bind)
+        found.add(destination)
+    for mount in host_config.get("Mounts") or ():
+        if mount.get("Type") == "volume":
+            found.add(mount["Target"])
+    return sorted(found)
+
+
+def _tmpfs(host_config: dict) -> dict:
+    """--tmpfs and --mount type=tmpfs as {destination: options}."""
+    mounts = dict(host_config.get("Tmpfs") or {})
+    for mount in host_config.get("Mounts") or ():
+        if mount.get("Type") == "tmpfs":
+            size = (mount.get("TmpfsOptions") or {}).get("SizeBytes")
+            mounts[mount["Target"]] = f"size={size}" if size else ""
+    return mounts
 
 
 def _stop_timeout(config: dict, timeout: int | None) -> int:

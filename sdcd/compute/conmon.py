@@ -87,6 +87,9 @@ _PS = shutil.which("ps") or "/bin/ps"
 _CID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _CREATE_TIMEOUT = 120.0
 _POLL_INTERVAL = 0.5
+#: With inotify watching the exit dir the poll only catches a conmon that died without
+#: writing an exit file: it can be rare (each poll reads files per running container).
+_POLL_INTERVAL_WITH_INOTIFY = 5.0
 #: The exit code reported for a container whose conmon died without writing one.
 LOST_EXIT_CODE = 255
 #: conmon's ctl fifo message types (conmon's config.h).
@@ -1080,7 +1083,8 @@ class Runtime:
         """A slow safety net beside inotify: catches missed events and lost conmons."""
         if not self._polling:
             self._polling = True
-            self._poller.start(_POLL_INTERVAL, now=False).addErrback(lambda f: None)
+            interval = _POLL_INTERVAL if self._notifier is None else _POLL_INTERVAL_WITH_INOTIFY
+            self._poller.start(interval, now=False).addErrback(lambda f: None)
 
     async def _poll(self) -> None:
         for cid in list(self._waiters):

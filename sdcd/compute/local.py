@@ -307,7 +307,8 @@ class LocalCompute:
 
     async def _mount(self, c: _Container) -> None:
         target = c.dir / "bundle" / "rootfs"
-        if rootfs.is_mounted(target):
+        # (st_dev differs from the parent's: one stat, not a parse of every mount)
+        if os.path.ismount(target):
             return
         diff_ids = []
         for layer in c.spec["image_layers"]:

@@ -250,8 +250,14 @@ class ContainerService:
             await self._ipam.release(self._network["name"], record.id)
 
     async def _random_name(self, login: str) -> str:
-        taken = {r.name for r, _ in await self._store.list_containers(login)}
-        return names.random_name(self._rng, taken.__contains__)
+        """A free Docker-style name: a few candidates checked one by one (not every
+        record read); the create's atomic name check settles races."""
+        for _ in range(8):
+            candidate = names.random_name(self._rng, lambda _name: False)
+            if await self._store.container_by_name(login, candidate) is None:
+                return candidate
+        suffix = self._rng.randrange(1_000_000)
+        return names.random_name(self._rng, lambda _name: False) + str(suffix)
 
     def _endpoint(self, ip: str) -> dict:
         from sdcd.compute.network import mac_for_ip

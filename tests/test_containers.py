@@ -743,4 +743,5 @@ def test_tmpfs_and_volumes(alice):
     named = alice.docker("create", "-v", "mine:/data", "busybox", "true")
     assert named.returncode != 0 and "named volumes are not implemented" in named.stderr
     bad = alice.docker("create", "--tmpfs", "/x:suid=maybe", "busybox", "true")
-    assert alice.ok("ps", "-aq") == before or bad.returncode == 0
+    assert bad.returncode != 0 and "invalid tmpfs option" in bad.stderr
+    assert alice.ok("ps", "-aq") == before

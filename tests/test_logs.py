@@ -11,7 +11,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from sdcd.compute.logs import LogEntry, LogFollower, frame, read_entries, rfc3339nano
+from sdcd.api.logstream import frame
+from sdcd.compute.logs import LogEntry, LogFollower, read_entries, rfc3339nano
 
 T0 = calendar.timegm((2026, 1, 2, 3, 4, 5))
 

@@ -245,13 +245,6 @@ def read_entries(
     return [e for ns, e, _ in entries if _inside(ns, since_ns, until_ns)]
 
 
-def frame(stream: str, data: bytes) -> bytes:
-    """Docker's multiplexed stream framing: [stream, 0, 0, 0, big-endian length] + data
-    (stream 0 stdin, 1 stdout, 2 stderr)."""
-    kind = {"stdin": 0, "stdout": 1, "stderr": 2}[stream]
-    return bytes((kind, 0, 0, 0)) + len(data).to_bytes(4, "big") + data
-
-
 @implementer(IPushProducer)
 class LogFollower:
     """Sends a container's log entries to an ILogConsumer: first those already written

@@ -152,6 +152,7 @@ class ContainerService:
         createspec.refusals_check(body)
         config, host_config = createspec.normalize_create(body, version)
         _refuse_unbuilt_volumes(host_config)
+        _tmpfs(host_config)  # a bad option fails the create, before anything is made
         if name:
             name = names.valid_name(name)
         image = await self._images.resolve(account, config.get("Image") or "")
@@ -611,13 +612,24 @@ def anonymous_volumes(config: dict, host_config: dict) -> list[str]:
     return sorted(found)
 
 
+#: What a ``--tmpfs`` option string may say (passed on to mount(8) by the node).
+TMPFS_FLAGS = ("rw", "ro", "nosuid", "suid", "nodev", "dev", "noexec", "exec")
+
+
 def _tmpfs(host_config: dict) -> dict:
-    """--tmpfs and --mount type=tmpfs as {destination: options}."""
+    """--tmpfs and --mount type=tmpfs as {destination: options}; 400 for an option the
+    node would not take (checked here, so that create fails, not a later start)."""
     mounts = dict(host_config.get("Tmpfs") or {})
     for mount in host_config.get("Mounts") or ():
         if mount.get("Type") == "tmpfs":
             size = (mount.get("TmpfsOptions") or {}).get("SizeBytes")
             mounts[mount["Target"]] = f"size={size}" if size else ""
+    for destination, options in mounts.items():
+        for opt in filter(None, (options or "").split(",")):
+            key, _, value = opt.partition("=")
+            valid = opt in TMPFS_FLAGS or (key in ("size", "mode") and value.isalnum())
+            if not valid:
+                raise InvalidArgument(f"invalid tmpfs option {opt!r} for {destination}")
     return mounts
 
 

@@ -52,11 +52,15 @@ def rootfs(tmp_path_factory):
     remove_cgroups("sdcd-test", only_if_empty=True)
 
 
-@pytest.fixture(scope="module")
-def base_config(tmp_path_factory):
-    where = tmp_path_factory.mktemp("spec")
+def runc_spec(where: Path) -> dict:
+    """runc's own default config.json, the base of the test bundles."""
     subprocess.run([RUNC, "spec", "--bundle", str(where)], check=True)
     return json.loads((where / "config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def base_config(tmp_path_factory):
+    return runc_spec(tmp_path_factory.mktemp("spec"))
 
 
 def remove_cgroups(relative: str, only_if_empty: bool = False) -> None:

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +21,7 @@ from twisted.internet import defer, reactor, task
 
 from sdcd.compute import stdio
 from sdcd.compute.conmon import Runtime, RuntimeFailure
-from tests.test_conmon import busybox_rootfs, cleanup_state, remove_cgroups
+from tests.test_conmon import busybox_rootfs, cleanup_state, remove_cgroups, runc_spec
 
 RUNC = "/usr/sbin/runc"
 CGROUP_PARENT = f"sdcd-test/stdio-{uuid.uuid4().hex[:8]}"
@@ -54,9 +53,7 @@ def rootfs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_config(tmp_path_factory):
-    where = tmp_path_factory.mktemp("spec")
-    subprocess.run([RUNC, "spec", "--bundle", str(where)], check=True)
-    config = json.loads((where / "config.json").read_text())
+    config = runc_spec(tmp_path_factory.mktemp("spec"))
     linux = config["linux"]
     linux["namespaces"] = [n for n in linux["namespaces"] if n["type"] != "network"]
     return config

@@ -3,27 +3,19 @@ per API version as dockerd shapes them."""
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import shlex
 from typing import Any
 
+from sdcd import timestamps
 from sdcd.core.containers import anonymous_volumes
 from sdcd.store.records import ContainerRecord, ContainerState
 
 NETWORK_ID_PREFIX = "sdcd-net-"
 
 
-def _parse_time(text: str) -> float:
-    if not text or text.startswith("0001-"):
-        return 0.0
-    main, _, rest = text.rstrip("Z").partition(".")
-    base = datetime.datetime.fromisoformat(main).replace(tzinfo=datetime.UTC).timestamp()
-    return base + (float("0." + rest) if rest.isdigit() else 0.0)
-
-
 def unix_created(record: ContainerRecord) -> int:
-    return int(_parse_time(record.created))
+    return int(timestamps.parse(record.created))
 
 
 def human_duration(seconds: float) -> str:
@@ -56,16 +48,15 @@ def human_duration(seconds: float) -> str:
 def status_text(state: ContainerState, now: float) -> str:
     """The ``Status`` column of ``docker ps``."""
     if state.status == "running":
-        return f"Up {human_duration(now - _parse_time(state.started_at))}"
+        return f"Up {human_duration(now - timestamps.parse(state.started_at))}"
     if state.status == "paused":
-        return f"Up {human_duration(now - _parse_time(state.started_at))} (Paused)"
+        return f"Up {human_duration(now - timestamps.parse(state.started_at))} (Paused)"
     if state.status == "restarting":
-        ago = human_duration(now - _parse_time(state.finished_at))
+        ago = human_duration(now - timestamps.parse(state.finished_at))
         return f"Restarting ({state.exit_code}) {ago} ago"
     if state.status == "exited":
-        return (
-            f"Exited ({state.exit_code}) {human_duration(now - _parse_time(state.finished_at))} ago"
-        )
+        ago = human_duration(now - timestamps.parse(state.finished_at))
+        return f"Exited ({state.exit_code}) {ago} ago"
     if state.status == "dead":
         return "Dead"
     if state.removing:

@@ -18,7 +18,6 @@ running ones, records the exits it missed and applies restart policies to them.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sdcd import timestamps
 from sdcd.compute import etcfiles, network, rootfs, stdio, users
 from sdcd.compute import spec as runtime_spec
 from sdcd.compute.conmon import ExitStatus, Runtime, RuntimeFailure
@@ -46,10 +46,6 @@ BACKOFF_CAP = 60.0
 STABLE_RUN = 10.0
 #: What a container id (a container dir's name) looks like.
 _VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -222,7 +218,9 @@ class LocalCompute:
             return
         if c.state["status"] not in ("running", "paused"):
             c.state.update(
-                started_at=runtime.get("created") or _now(), manually_stopped=False, error=""
+                started_at=runtime.get("created") or timestamps.now(),
+                manually_stopped=False,
+                error="",
             )
         c.state.update(status=runtime["status"], pid=runtime.get("pid") or 0)
         c.save()
@@ -389,7 +387,9 @@ class LocalCompute:
             for follower in list(self._followers.get(c.id, ())):
                 follower.container_exited()
             raise ComputeError(message, "invalid") from None
-        c.state.update(status="running", pid=pid, started_at=_now(), error="", oom_killed=False)
+        c.state.update(
+            status="running", pid=pid, started_at=timestamps.now(), error="", oom_killed=False
+        )
         c.save()
         started = _public(c.state)
         self._emit(c, "start")
@@ -425,7 +425,9 @@ class LocalCompute:
     async def _record_exit(self, c: _Container, status) -> None:
         ran = 0.0
         if status is None:
-            c.state.update(exit_code=255, error="container process lost", finished_at=_now())
+            c.state.update(
+                exit_code=255, error="container process lost", finished_at=timestamps.now()
+            )
         else:
             c.state.update(
                 exit_code=status.exit_code,
@@ -768,13 +770,8 @@ def _du(path: Path) -> int:
 
 
 def _seconds_between(start: str | None, end: str | None) -> float:
-    def parse(text: str) -> float:
-        main, _, frac = text.rstrip("Z").partition(".")
-        base = datetime.datetime.fromisoformat(main).replace(tzinfo=datetime.UTC).timestamp()
-        return base + (float("0." + frac) if frac.isdigit() else 0.0)
-
     try:
-        return parse(end) - parse(start)
+        return timestamps.parse(end) - timestamps.parse(start)
     except (TypeError, ValueError, AttributeError):
         return 0.0
 

@@ -7,7 +7,6 @@ container's ``ContainerState`` once it exists, apart from the removal itself.
 
 from __future__ import annotations
 
-import datetime
 import random
 import re
 import secrets
@@ -18,6 +17,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from sdcd import timestamps
 from sdcd.compute.interface import ComputeError
 from sdcd.core import createspec, names, packages
 from sdcd.core.errors import (
@@ -38,10 +38,6 @@ NETWORK_NAME = "bridge"
 DEFAULT_STOP_TIMEOUT = 10
 ZERO_TIME = "0001-01-01T00:00:00Z"
 RUNNING = ("running", "paused", "restarting")
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _state_from_node(node: dict, old: ContainerState) -> ContainerState:
@@ -209,7 +205,7 @@ class ContainerService:
             id=cid,
             login=login,
             name=name,
-            created=now(),
+            created=timestamps.now(),
             seq=await self._store.next_container_seq(),
             image=config["Image"],
             image_id=image.id,
@@ -569,7 +565,7 @@ class ContainerService:
                 "pid": 0,
                 "error": "the compute node no longer holds this container",
                 "exit_code": state.exit_code if state.status == "exited" else 255,
-                "finished_at": state.finished_at if state.status == "exited" else now(),
+                "finished_at": state.finished_at if state.status == "exited" else timestamps.now(),
             }
         )
         await self._store.set_container_state(record.login, record.id, lost)

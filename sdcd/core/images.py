@@ -8,7 +8,6 @@ that another pull is already fetching is waited for, not fetched twice.
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import attrs
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
+from sdcd import timestamps
 from sdcd.core.errors import (
     Conflict,
     CoreError,
@@ -67,10 +67,6 @@ def require_provisioning(account: Account) -> None:
 
 def short_id(digest: str) -> str:
     return digest.split(":", 1)[-1][:12]
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _registry_problem(e: RegistryError, ref: refs.Reference) -> CoreError:
@@ -176,7 +172,7 @@ class ImageService:
             layers=layers,
             created=config.created or "",
             size=sum(layer.size for layer in layers),
-            added=_now(),
+            added=timestamps.now(),
         )
         tag_name = str(ref) if ref.tag else None
         had_it = tag_name is not None and (
@@ -413,7 +409,7 @@ class ImageService:
                 ),
                 created=config.created or "",
                 size=sum(la.size for la in image.layers),
-                added=_now(),
+                added=timestamps.now(),
             )
             await self._records.put_image(account.login, record, image_tags, [])
             for tag in image.repo_tags:

@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from sdcd import config as sdcd_config
 from sdcd.api.app import DockerAPI
 from sdcd.api.containers import ContainerRoutes
+from sdcd.api.execs import ExecRoutes
 from sdcd.api.halfclose import HalfCloseTLSFactory
 from sdcd.api.root import DockerRoot, LoggingSite
 from sdcd.auth import tls as sdcd_tls
@@ -32,6 +33,7 @@ from sdcd.compute.local import LocalCompute
 from sdcd.compute.network import BridgeConfig
 from sdcd.core.accounts import AccountService
 from sdcd.core.containers import ContainerService
+from sdcd.core.execs import ExecService
 from sdcd.core.images import ImageService
 from sdcd.core.system import SystemService
 from sdcd.images.blobstore import FileBlobStore
@@ -157,7 +159,10 @@ class SdcdService(service.MultiService):
         )
         images = ImageService(store, blobs, self.registry)
         containers = await self._open_compute(store, pool, images, blobs)
-        api = DockerAPI(system, images, ContainerRoutes(containers, time.time))
+        exec_routes = ExecRoutes(ExecService(store, containers, self.compute))
+        api = DockerAPI(
+            system, images, ContainerRoutes(containers, time.time, exec_routes), exec_routes
+        )
         self.sites["docker"].resource = DockerRoot(api.resource(), authenticator, self._tls.ca_pem)
         if "cloudapi" in self.sites:
             accounts = AccountService(store, time.time)

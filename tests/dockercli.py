@@ -26,19 +26,33 @@ class User:
         self.home = root / f"{login}-home"
         self.home.mkdir()
 
-    def docker(
-        self, *args: str, timeout: float = 120, env_extra: dict | None = None
-    ) -> subprocess.CompletedProcess:
+    def env(self, extra: dict | None = None) -> dict[str, str]:
+        """The environment that points a docker CLI (or any client) at sdcd as this user."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        env.update(env_extra or {})
+        env.update(extra or {})
         env.update(
             DOCKER_HOST=self.sdcd.docker_host,
             DOCKER_TLS_VERIFY="1",
             DOCKER_CERT_PATH=str(self.certs),
             HOME=str(self.home),
         )
+        return env
+
+    def docker(
+        self,
+        *args: str,
+        timeout: float = 120,
+        env_extra: dict | None = None,
+        binary: str = "docker",
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["docker", *args], capture_output=True, text=True, env=env, timeout=timeout
+            [binary, *args],
+            capture_output=True,
+            text=True,
+            env=self.env(env_extra),
+            timeout=timeout,
+            input=input,
         )
 
     def ok(self, *args: str) -> str:

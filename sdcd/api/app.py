@@ -52,10 +52,13 @@ class DockerAPI:
 
     app = Klein()
 
-    def __init__(self, system: SystemService, images: ImageService, containers=None) -> None:
+    def __init__(
+        self, system: SystemService, images: ImageService, containers=None, execs=None
+    ) -> None:
         self._system = system
         self._images = images
         self._containers = containers
+        self._execs = execs
 
     @app.route("/events", methods=["GET"])
     async def events(self, request) -> bytes:
@@ -100,6 +103,12 @@ class DockerAPI:
     @app.route("/containers/", branch=True)
     def containers(self, request):
         return self._containers.resource()
+
+    @app.route("/exec/", branch=True)
+    def execs(self, request):
+        if self._execs is None:
+            raise NotImplementedYet("exec is not available")
+        return self._execs.resource()
 
     def resource(self):
         return self.app.resource()

@@ -11,7 +11,9 @@ from twisted.python.failure import Failure
 
 from sdcd.api import containerviews as views
 from sdcd.api.errors import render_failure
+from sdcd.api.execs import ExecRoutes, tty_size
 from sdcd.api.filters import parse_filters
+from sdcd.api.hijack import AttachResource
 from sdcd.api.logstream import LogWriter
 from sdcd.api.params import arg, flag, integer, json_body, no_content, read_json
 from sdcd.core import containerfilters
@@ -24,9 +26,10 @@ class ContainerRoutes:
 
     app = Klein()
 
-    def __init__(self, containers: ContainerService, clock) -> None:
+    def __init__(self, containers: ContainerService, clock, exec_routes: ExecRoutes) -> None:
         self._containers = containers
         self._clock = clock
+        self._exec_routes = exec_routes
 
     def resource(self):
         return self.app.resource()
@@ -90,7 +93,9 @@ class ContainerRoutes:
     async def inspect(self, request, ref: str) -> bytes:
         record, state = await self._containers.get(request.sdcd_account, ref)
         size = await self._containers.disk_usage(record) if flag(request, "size") else None
-        return json_body(request, views.inspect(record, state, request.sdcd_version, size))
+        view = views.inspect(record, state, request.sdcd_version, size)
+        view["ExecIDs"] = await self._exec_routes.running_ids(request.sdcd_account, record.id)
+        return json_body(request, view)
 
     @app.route("/<ref>/start", methods=["POST"])
     async def start(self, request, ref: str) -> bytes:
@@ -137,7 +142,7 @@ class ContainerRoutes:
 
     @app.route("/<ref>/resize", methods=["POST"])
     async def resize(self, request, ref: str) -> bytes:
-        height, width = integer(request, "h", 0), integer(request, "w", 0)
+        height, width = tty_size(request)
         await self._containers.resize(request.sdcd_account, ref, height, width)
         request.setResponseCode(200)
         return b""
@@ -192,9 +197,11 @@ class ContainerRoutes:
 
     @app.route("/<ref>/attach", methods=["POST"])
     def attach(self, request, ref: str):
-        from sdcd.api.hijack import AttachResource
-
         return AttachResource(self._containers, ref)
+
+    @app.route("/<ref>/exec", methods=["POST"])
+    async def exec_create(self, request, ref: str) -> bytes:
+        return await self._exec_routes.create(request, ref)
 
 
 def _tail(value: str | None) -> int | None:

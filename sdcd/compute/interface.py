@@ -141,6 +141,24 @@ class ICompute(Interface):
         now when it runs, else from its next start. Deferred IStdioSession, which fires
         once joined (for a container not running: at its start)."""
 
+    def exec_start(cid, exec_id, config, sink):
+        """Run a process in the running container (``config``: ``args``, ``env``,
+        ``user``, ``cwd``, ``tty``, ``stdin``/``stdout``/``stderr``, ``size``
+        [height, width] or None). With a sink (IStreamSink) the session is joined before
+        the process runs; None runs it detached. Deferred IStdioSession (``pid`` set) once
+        it runs. Kind "conflict": not running, paused, or the exec id already used;
+        "invalid": unknown user, or runc cannot run it (then recorded as exited 126/127)."""
+
+    def exec_resize(cid, exec_id, height, width):
+        """Set the exec's tty size. Kind "conflict" when it no longer runs."""
+
+    def exec_inspect(exec_id):
+        """Deferred {"cid", "running", "exit_code" (None while running), "pid"}, from what
+        the node keeps (also for an exec started before sdcd restarted)."""
+
+    def exec_wait(exec_id):
+        """Deferred exit code, once the exec has one."""
+
     def subscribe(listener):
         """Call ``listener(event)`` for every node event from now on."""
 

@@ -607,7 +607,9 @@ class LocalCompute:
         if c.state["status"] != "running":
             raise ComputeError(f"Container {cid} is not running", "conflict")
         process = await threads.deferToThread(self._exec_process, c, config)
-        size = config.get("size")
+        # No size yet (clients before API 1.42 resize only after the start): the
+        # container's own tty size, usually the same terminal, beats a 0x0 pty.
+        size = config.get("size") or self._sizes.get(cid)
         try:
             return await stdio.exec_start(
                 self._runtime,

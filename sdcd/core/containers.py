@@ -236,7 +236,7 @@ class ContainerService:
         except Exception as e:
             await self._undo_create(record)
             raise _compute_error(e, record.id) from None
-        self._publish(record, "create")
+        self.publish(record, "create")
         return []
 
     async def _undo_create(self, record: ContainerRecord) -> None:
@@ -311,7 +311,7 @@ class ContainerService:
             ],
         }
 
-    def _publish(self, record: ContainerRecord, action: str, extra: dict | None = None) -> None:
+    def publish(self, record: ContainerRecord, action: str, extra: dict | None = None) -> None:
         self.events.publish(
             record.login,
             container_event(
@@ -354,7 +354,7 @@ class ContainerService:
             self._compute.stop, record.id, _stop_timeout(record.config, timeout)
         )
         await self._update(record, "stop", node_state)
-        self._publish(record, "stop")
+        self.publish(record, "stop")
 
     async def restart(self, account: Account, ref: str, timeout: int | None) -> None:
         record, state = await self.get(account, ref)
@@ -365,14 +365,14 @@ class ContainerService:
             await self._update(record, "stop", node_state)
         node_state = await self._call(self._compute.start, record.id)
         await self._update(record, "restart", node_state)
-        self._publish(record, "restart")
+        self.publish(record, "restart")
 
     async def kill(self, account: Account, ref: str, signal: str | None) -> None:
         record, state = await self.get(account, ref)
         if state.status not in RUNNING or state.status == "restarting":
             raise Conflict(f"Cannot kill container: {ref}: Container {record.id} is not running")
         sig = _signal(signal or "KILL")
-        self._publish(record, "kill", {"signal": sig})
+        self.publish(record, "kill", {"signal": sig})
         await self._call(self._compute.kill, record.id, sig)
 
     async def pause(self, account: Account, ref: str) -> None:
@@ -433,7 +433,7 @@ class ContainerService:
                 f'"{holder}". You have to remove (or rename) that container to be able to '
                 "reuse that name."
             ) from None
-        self._publish(renamed, "rename", {"oldName": "/" + record.name})
+        self.publish(renamed, "rename", {"oldName": "/" + record.name})
 
     async def remove(self, account: Account, ref: str, force: bool) -> None:
         record, state = await self.get(account, ref)
@@ -453,7 +453,7 @@ class ContainerService:
         await self._store.delete_container(record)
         await self._ipam.release(self._network["name"], record.id)
         self._waiters.notify(record.id, "destroy", state)
-        self._publish(record, "destroy")
+        self.publish(record, "destroy")
 
     async def logs(self, account: Account, ref: str, options: dict, consumer) -> None:
         record, _ = await self.get(account, ref)
@@ -497,7 +497,7 @@ class ContainerService:
             if event["action"] == "die"
             else None
         )
-        self._publish(record, event["action"], extra)
+        self.publish(record, event["action"], extra)
         if event["action"] == "die" and record.host_config.get("AutoRemove"):
             fresh = await self._store.get_container(login, cid)
             if fresh and fresh[1].status not in RUNNING:

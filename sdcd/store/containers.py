@@ -3,7 +3,9 @@
 Layout: ``containers:<login>`` (hash id -> ContainerRecord JSON), ``cstate:<login>``
 (hash id -> ContainerState JSON), ``cnames:<login>`` (hash name -> id, the per-account
 name uniqueness), ``nodecontainers:<node>`` (set of ``<login>/<id>``: what a node should
-hold, for reconciling), ``cseq`` (creation order). Changes that span keys are Lua scripts.
+hold, for reconciling), ``cseq`` (creation order). Changes that span keys are Lua
+scripts; deleting a container deletes its exec records (``store/execs.py``) in the same
+script.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ if redis.call('hdel', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('hdel', KEYS[3], ARGV[1])
 if redis.call('hget', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('hdel', KEYS[2], ARGV[2]) end
 redis.call('srem', KEYS[4], ARGV[3])
+for _, exec_id in ipairs(redis.call('smembers', KEYS[6])) do
+  redis.call('hdel', KEYS[5], exec_id)
+end
+redis.call('del', KEYS[6])
 return 1
 """
 
@@ -123,7 +129,11 @@ class ContainerRecordsMixin:
     async def delete_container(self, record: ContainerRecord) -> bool:
         done = await self._redis.eval(
             _DELETE,
-            self._ckeys(record.login, record.node),
+            [
+                *self._ckeys(record.login, record.node),
+                self._key("execs", record.login),
+                self._key("cexecs", record.login, record.id),
+            ],
             [record.id, record.name, f"{record.login}/{record.id}"],
         )
         return bool(done)

@@ -117,3 +117,22 @@ class IContainerRecords(Interface):
 
     def node_containers(node):
         """(login, id) of every container placed on ``node``."""
+
+
+class IExecRecords(Interface):
+    """``docker exec`` sessions per account, each tied to one container."""
+
+    def create_exec(record):
+        """Store a new exec; ``NotFound`` when its container no longer exists."""
+
+    def get_exec(login, exec_id):
+        """The ExecRecord or None (another account's id is None)."""
+
+    def update_exec(record):
+        """Replace the record; False when it is gone (its container was removed)."""
+
+    def container_execs(login, cid):
+        """Every ExecRecord of the container."""
+
+    def forget_execs(login, cid, exec_ids):
+        """Drop those exec records (finished ones, to bound how many a container keeps)."""

@@ -128,3 +128,21 @@ class ContainerState(_JSONRecord):
     finished_at: str = "0001-01-01T00:00:00Z"
     restart_count: int = 0
     removing: bool = False
+
+
+@attrs.frozen
+class ExecRecord(_JSONRecord):
+    """One ``docker exec`` session: its config as created, and what became of it. Kept
+    until its container is removed, so that ``exec inspect`` answers after the process
+    has ended and across sdcd restarts (dockerd forgets them when it restarts)."""
+
+    id: str
+    login: str
+    container: str
+    created: str
+    config: dict
+    running: bool = False
+    started: bool = False
+    exit_code: int | None = None
+    pid: int = 0
+    size: tuple | None = None

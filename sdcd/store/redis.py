@@ -17,9 +17,11 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from sdcd.store.containers import ContainerRecordsMixin
+from sdcd.store.execs import ExecRecordsMixin
 from sdcd.store.interface import (
     AlreadyExists,
     IContainerRecords,
+    IExecRecords,
     IImageRecords,
     IStateStore,
     NotFound,
@@ -171,8 +173,8 @@ def _image(raw: str, names) -> ImageRecord:
     )
 
 
-@implementer(IStateStore, IImageRecords, IContainerRecords)
-class RedisStateStore(ContainerRecordsMixin):
+@implementer(IStateStore, IImageRecords, IContainerRecords, IExecRecords)
+class RedisStateStore(ContainerRecordsMixin, ExecRecordsMixin):
     """The state store over a connected txredisapi pool."""
 
     def __init__(self, redis: Any, prefix: str = "sdcd:") -> None:

@@ -298,3 +298,14 @@ def test_gitlab_runner_attach_then_start(client):
     assert b"step1\n" in data and b"oops\n" in data
     assert api.wait(cid, timeout=20)["StatusCode"] == 4
     api.remove_container(cid)
+
+
+def test_container_resize_before_start_is_applied_at_start(alice):
+    n = "t" + uuid.uuid4().hex[:6]
+    alice.ok("create", "-t", "--name", n, "busybox", "sh", "-c", "stty size")
+    assert alice.api_post_json(f"/v1.41/containers/{n}/resize?h=41&w=101", {}).status == 200
+    alice.ok("start", n)
+    assert alice.ok("wait", n).strip() == "0"
+    assert alice.ok("logs", n) == "41 101\n"  # (text mode turns the pty's \r\n into \n)
+    alice.ok("rm", n)
+    assert alice.api_post_json(f"/v1.41/containers/{n}/resize?h=1&w=1", {}).status == 404

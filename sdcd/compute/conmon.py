@@ -63,12 +63,15 @@ conmon reads that pipe twice: once at start-up, once before running ``runc exec`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import signal as signal_module
+import struct
+import termios
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -476,6 +479,10 @@ class Runtime:
         finally:
             self._starting.discard(cid)
         if size is not None and tty:
+            # conmon applies a ctl-fifo resize when its loop gets to it, which can be
+            # after ``runc start`` has run the process: set the size on the created
+            # process's own tty now, and tell conmon too.
+            _set_tty_size(pid, *size)
             with contextlib.suppress(RuntimeFailure):
                 await self.resize(cid, *size)
         await self._run_start_hooks(cid)
@@ -1109,6 +1116,22 @@ class Runtime:
             return None
         _write_atomic(self.exit_dir / cid, str(LOST_EXIT_CODE))
         return self.exit_status(cid)
+
+
+def _set_tty_size(pid: int, height: int, width: int) -> None:
+    """Size the tty on fd 0 of a created (not yet started) container process: runc init
+    holds the console's slave there until ``runc start``. Best effort (quick syscalls)."""
+    try:
+        fd = os.open(f"/proc/{pid}/fd/0", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if os.isatty(fd):
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_ctl(fifo: Path, line: str, ident: str) -> None:

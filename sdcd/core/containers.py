@@ -398,8 +398,10 @@ class ContainerService:
         return await self._call(self._compute.top, record.id, ps_args or "-ef")
 
     async def resize(self, account: Account, ref: str, height: int, width: int) -> None:
+        """Running: now. Created (``docker start -ai``, attach-then-start): kept by the
+        node and applied when it starts, so the first output already has the size."""
         record, state = await self.get(account, ref)
-        if state.status not in ("running", "paused"):
+        if state.status not in ("running", "paused", "created"):
             raise Conflict(f"Container {record.id} is not running")
         await self._call(self._compute.resize, record.id, height, width)
 

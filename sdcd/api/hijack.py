@@ -72,6 +72,14 @@ def take_over(request, content_type: bytes, stream):
         head = b"HTTP/1.1 200 OK\r\nContent-Type: " + content_type + b"\r\n\r\n"
     transport.write(head)
     hijack_transport(transport, stream)
+    # Bytes that came after the request (stdin racing the upgrade) wait in the channel's
+    # pipelining buffer, which may also have paused the transport: they are the
+    # stream's now.
+    early = b"".join(channel._dataBuffer)
+    channel._dataBuffer = []
+    transport.resumeProducing()
+    if early:
+        stream.dataReceived(early)
     return transport
 
 
@@ -218,8 +226,8 @@ class HijackResource(Resource):
         """Answer 101 (or 200) and hand the connection to a new HijackedStream."""
         new_type = multiplexed and request.sdcd_version >= (1, 42)
         content_type = MULTIPLEXED if new_type else RAW
-        stream = HijackedStream(None, multiplexed, detach_keys)
-        stream.transport = take_over(request, content_type, stream)
+        stream = HijackedStream(request.channel.transport, multiplexed, detach_keys)
+        take_over(request, content_type, stream)
         request._sdcd_stream = stream
         request.notifyFinish().addBoth(lambda _: stream.client_gone())
         return stream

@@ -33,6 +33,7 @@ from sdcd.compute.network import BridgeConfig, mac_for_ip
 from sdcd.core.packages import DEFAULT_PACKAGES
 from tests.imagebuilder import DEFAULT_PATH, LayerBuilder, busybox_image
 from tests.nodecleanup import purge_node
+from tests.test_stdio import Sink
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for runc and netns")
 
@@ -498,23 +499,108 @@ class IComputeTests:
         events = Events()
         harness.compute.subscribe(events)
         cid = await self.created(harness, ["sh", "-c", "echo first; echo oops >&2"])
-        consumer = LogConsumer()
-        done = within(harness.compute.logs(cid, {"attach": True}, consumer))
+        sink = Sink()
+        joining = within(harness.compute.attach(cid, {"stdout": True, "stderr": True}, sink))
         await sleep(0.1)
-        assert not done.called
         await within(harness.compute.start(cid))
-        await done
-        assert consumer.lines == [("stdout", b"first\n"), ("stderr", b"oops\n")]
-        assert consumer.calls == ["register streaming=True", "unregister"]
+        session = await joining
+        assert await within(session.done) == "exited"
+        assert sink.ended and sink.text() == b"first\noops\n"
+        assert sink.text("stderr") == b"oops\n"
         await events.wait(cid, "die")
         # attaching again sees only what the next run writes
-        consumer = LogConsumer()
-        done = within(harness.compute.logs(cid, {"attach": True}, consumer))
-        await sleep(0.1)
+        sink = Sink()
+        joining = within(harness.compute.attach(cid, {"stdout": True, "stderr": False}, sink))
         await within(harness.compute.start(cid))
-        await done
-        assert consumer.lines == [("stdout", b"first\n"), ("stderr", b"oops\n")]
+        session = await joining
+        await within(session.done)
+        assert sink.text() == b"first\n"
         assert len((await self.logs(harness, cid)).entries) == 4
+
+    @pytest_twisted.ensureDeferred
+    async def test_attach_stdin_once(self, harness):
+        cid = await self.created(harness, ["cat"], open_stdin=True, stdin_once=True)
+        await within(harness.compute.start(cid))
+        sink = Sink()
+        session = await within(harness.compute.attach(cid, {"stdin": True, "stdout": True}, sink))
+        session.write_stdin(b"ping\n")
+        session.close_stdin()  # StdinOnce: the container sees EOF and exits
+        assert await within(session.done) == "exited"
+        assert sink.text() == b"ping\n"
+        assert (await within(harness.compute.state(cid)))["exit_code"] == 0
+
+    @pytest_twisted.ensureDeferred
+    async def test_exec_attached_and_kept(self, harness):
+        cid = await self.running(harness, SLEEP)
+        sink = Sink()
+        exec_id = secrets.token_hex(32)
+        config = {"args": ["sh", "-c", "echo out; echo err >&2; exit 5"], "env": ["A=b"],
+                  "stdout": True, "stderr": True}  # fmt: skip
+        session = await within(harness.compute.exec_start(cid, exec_id, config, sink))
+        assert session.pid > 0
+        await within(session.done)
+        assert sink.text("stdout") == b"out\n" and sink.text("stderr") == b"err\n"
+        assert await within(harness.compute.exec_wait(exec_id)) == 5
+        status = await within(harness.compute.exec_inspect(exec_id))
+        assert status == {"cid": cid, "running": False, "exit_code": 5, "pid": session.pid}
+        with pytest.raises(ComputeError) as e:
+            await within(harness.compute.exec_start(cid, exec_id, config, None))
+        assert e.value.kind == "conflict"
+
+    @pytest_twisted.ensureDeferred
+    async def test_exec_detached_env_user_cwd_stdin(self, harness):
+        cid = await self.running(harness, SLEEP)
+        exec_id = secrets.token_hex(32)
+        script = 'test "$A" = b && test "$(pwd)" = /tmp && test "$(id -u)" = 65534'
+        config = {"args": ["sh", "-c", script], "env": ["A=b"], "cwd": "/tmp", "user": "65534"}
+        await within(harness.compute.exec_start(cid, exec_id, config, None))
+        assert await within(harness.compute.exec_wait(exec_id)) == 0
+        sink = Sink()
+        cat = secrets.token_hex(32)
+        session = await within(
+            harness.compute.exec_start(cid, cat, {"args": ["cat"], "stdin": True}, sink)
+        )
+        session.write_stdin(b"to cat\n")
+        session.close_stdin()
+        await within(session.done)
+        assert sink.text() == b"to cat\n"
+        assert await within(harness.compute.exec_wait(cat)) == 0
+
+    @pytest_twisted.ensureDeferred
+    async def test_exec_tty_size_and_resize(self, harness):
+        cid = await self.running(harness, SLEEP)
+        sink = Sink()
+        exec_id = secrets.token_hex(32)
+        config = {"args": ["sh", "-c", "stty size; read x; stty size"], "tty": True,
+                  "stdin": True, "stdout": True, "size": [33, 99]}  # fmt: skip
+        session = await within(harness.compute.exec_start(cid, exec_id, config, sink))
+        await eventually(lambda: b"33 99" in sink.text())
+        await within(harness.compute.exec_resize(cid, exec_id, 44, 111))
+        session.write_stdin(b"\n")
+        await within(session.done)
+        assert b"44 111" in sink.text()
+        assert await within(harness.compute.exec_wait(exec_id)) == 0
+        with pytest.raises(ComputeError) as e:
+            await within(harness.compute.exec_resize(cid, exec_id, 1, 1))
+        assert e.value.kind == "conflict"
+
+    @pytest_twisted.ensureDeferred
+    async def test_exec_refused(self, harness):
+        cid = await self.created(harness, SLEEP)
+        with pytest.raises(ComputeError) as e:
+            await within(
+                harness.compute.exec_start(cid, secrets.token_hex(32), {"args": ["true"]}, None)
+            )
+        assert e.value.kind == "conflict"
+        await within(harness.compute.start(cid))
+        exec_id = secrets.token_hex(32)
+        with pytest.raises(ComputeError) as e:
+            await within(harness.compute.exec_start(cid, exec_id, {"args": ["nosuch"]}, None))
+        assert e.value.kind == "invalid"
+        assert (await within(harness.compute.exec_inspect(exec_id)))["exit_code"] == 127
+        with pytest.raises(ComputeError) as e:
+            await within(harness.compute.exec_inspect(secrets.token_hex(32)))
+        assert e.value.kind == "not_found"
 
     @pytest_twisted.ensureDeferred
     async def test_resize_without_tty(self, harness):

@@ -133,8 +133,7 @@ class ICompute(Interface):
     def logs(cid, options, consumer):
         """Send log entries to ``consumer`` (an ILogConsumer). ``options``: ``tail`` (int or
         None), ``since``/``until`` (unix seconds: a number, an exact decimal string, or
-        None), ``follow`` (bool), ``attach`` (bool: from now until the next exit).
-        Deferred that fires when the stream ends."""
+        None), ``follow`` (bool). Deferred that fires when the stream ends."""
 
     def attach(cid, options, sink):
         """Join the container's stdio (``options``: stdin, stdout, stderr booleans): from

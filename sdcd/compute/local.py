@@ -713,21 +713,15 @@ class LocalCompute:
     async def logs(self, cid: str, options: dict, consumer) -> None:
         c = self._get(cid)
         running = c.state["status"] in ("running", "paused", "restarting")
-        if options.get("attach"):
-            # From what is there now; a log that does not exist yet (attach before the
-            # first start) is followed from its beginning.
-            path = self._log_path(c)
-            follower = LogFollower(path, self._reactor, follow=True, from_end=path.exists())
-        else:
-            follow = bool(options.get("follow")) and running and options.get("until") is None
-            follower = LogFollower(
-                self._log_path(c),
-                self._reactor,
-                since=options.get("since"),
-                until=options.get("until"),
-                tail=options.get("tail"),
-                follow=follow,
-            )
+        follow = bool(options.get("follow")) and running and options.get("until") is None
+        follower = LogFollower(
+            self._log_path(c),
+            self._reactor,
+            since=options.get("since"),
+            until=options.get("until"),
+            tail=options.get("tail"),
+            follow=follow,
+        )
         followers = self._followers.setdefault(cid, set())
         followers.add(follower)
         try:

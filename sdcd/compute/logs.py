@@ -248,7 +248,7 @@ def read_entries(
 @implementer(IPushProducer)
 class LogFollower:
     """Sends a container's log entries to an ILogConsumer: first those already written
-    (``tail``, ``since``, ``until``; ``from_end`` skips them all), then — with ``follow``
+    (``tail``, ``since``, ``until``), then — with ``follow``
     — new ones as conmon writes them (polled every ``interval`` seconds), until
     ``stopProducing`` is called, an entry is past ``until``, or the container exits
     (``container_exited()``, or ``exited`` — a Deferred the follower consumes — firing;
@@ -271,7 +271,6 @@ class LogFollower:
         until: float | None = None,
         tail: int | None = None,
         follow: bool = True,
-        from_end: bool = False,
         exited: defer.Deferred | None = None,
         interval: float = 0.15,
     ) -> None:
@@ -281,7 +280,7 @@ class LogFollower:
         self.follow = follow
         self.interval = interval
         self.done: defer.Deferred[None] = defer.Deferred()
-        self._tail = 0 if from_end else tail
+        self._tail = tail
         self._stop_on_exit = True
         self._since_ns, self._until_ns = _window(since, until)
         self._queue: collections.deque[tuple[int, LogEntry]] = collections.deque()

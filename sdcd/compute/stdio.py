@@ -89,20 +89,25 @@ class _PacketTransport(abstract.FileDescriptor):
         super().stopReading()
 
     def doRead(self) -> Any:
+        """Read what is there (up to a bound) and hand it over in one go: one sink write
+        (one TLS write) per run of same-stream packets rather than per 8 KiB packet."""
+        packets = []
+        result = None
         for _ in range(_PACKETS_PER_READ):
             try:
                 packet = self.socket.recv(_RECV_SIZE)
             except BlockingIOError:
-                return None
-            except OSError:
-                return main.CONNECTION_LOST
-            if not packet:
-                return main.CONNECTION_DONE
-            if self.session is not None:
-                self.session._packet(packet)
-            if not self._reading:
                 break
-        return None
+            except OSError:
+                result = main.CONNECTION_LOST
+                break
+            if not packet:
+                result = main.CONNECTION_DONE
+                break
+            packets.append(packet)
+        if packets and self.session is not None:
+            self.session._packets(packets)
+        return result
 
     def writeSomeData(self, data: Any) -> Any:
         view = memoryview(data)
@@ -261,12 +266,28 @@ class StdioSession:
 
     # -- output --------------------------------------------------------------------------
 
-    def _packet(self, packet: bytes) -> None:
-        stream = _STREAMS.get(packet[0])
+    def _packets(self, packets: list[bytes]) -> None:
+        """conmon's packets (a stream byte, then data), consecutive ones of a stream
+        joined."""
+        run: list[memoryview] = []
+        run_stream = None
+        for packet in packets:
+            stream = _STREAMS.get(packet[0])
+            if stream != run_stream and run:
+                self._deliver(run_stream, run)
+                run = []
+            run_stream = stream
+            run.append(memoryview(packet)[1:])
+        if run:
+            self._deliver(run_stream, run)
+
+    def _deliver(self, stream: str | None, run: list[memoryview]) -> None:
         if self._ended or self.sink is None or stream is None:
             return
-        if (self.stdout if stream == "stdout" else self.stderr) and len(packet) > 1:
-            data = packet[1:]
+        if not (self.stdout if stream == "stdout" else self.stderr):
+            return
+        data = b"".join(run)
+        if data:
             self.bytes_out += len(data)
             self.sink.write(stream, data)
 

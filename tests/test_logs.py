@@ -75,6 +75,17 @@ def test_partial_lines_joined_per_stream(tmp_path):
     assert entries[1].time.startswith("2026-01-02T03:04:05.")  # the line's first piece
 
 
+def test_a_line_without_end_is_cut_not_held_whole(tmp_path):
+    """``dd if=/dev/zero`` never writes a newline: the reader cuts what it holds at 64 KiB
+    instead of keeping the whole output in memory."""
+    log = tmp_path / "log"
+    piece = "z" * 8192
+    log.write_bytes(b"".join(line(i, "stdout", "P", piece) for i in range(100)))
+    entries = read_entries(log)
+    assert b"".join(e.data for e in entries) == piece.encode() * 100
+    assert len(entries) > 10 and max(len(e.data) for e in entries) <= 64 * 1024
+
+
 def test_garbage_and_unfinished_last_line_skipped(tmp_path):
     log = tmp_path / "log"
     log.write_bytes(b"junk\n" + line(0, "stdout", "F", "ok") + line(1, "stdout", "F", "x")[:-9])

@@ -32,6 +32,10 @@ from zope.interface import implementer
 _STREAMS = {b"stdout": "stdout", b"stderr": "stderr"}
 _BLOCK = 64 * 1024
 _CHUNK = 256 * 1024
+#: A partial line held longer than this is sent as an entry of its own (no newline): a
+#: program that never writes one (``dd if=/dev/zero``) must not make sdcd hold all its
+#: output. dockerd's json-file cuts lines at 16 KiB the same way.
+_PARTIAL_MAX = 64 * 1024
 
 
 @attrs.frozen
@@ -122,8 +126,10 @@ class _Parser:
             if held is None:
                 held = (when[0], when[1], [])
             held[2].append(data)
-            if parts[2] == b"P":
+            if parts[2] == b"P" and sum(map(len, held[2])) < _PARTIAL_MAX:
                 self._pending[stream] = held
+            elif parts[2] == b"P":
+                out.append(self._entry(stream, held, b""))
             else:
                 out.append(self._entry(stream, held, b"\n"))
         return out

@@ -6,9 +6,11 @@ each scenario against each in turn, and prints medians and sdcd/dockerd ratios a
 Markdown table (``docs/benchmarks.md`` keeps the latest).
 
 Usage, as root: ``.venv/bin/python -m bench.run [--runs N] [--only GROUP[,GROUP...]]
-[--containers N]``. Groups: ``api``, ``pulls``, ``containers`` (= ``run``, ``parallel``,
-``many``; see ``bench/containers.py``), or one scenario's name. Nothing is left behind:
-both daemons' containers, mounts, namespaces, processes, bridges and data dirs go.
+[--containers N] [--stream-mib N] [--stream-runs N] [--execs N]``. Groups: ``api``,
+``pulls``, ``containers`` (= ``run``, ``parallel``, ``many``; see ``bench/containers.py``),
+``streams`` (= ``attach``, ``logs``, ``exec``; see ``bench/streams.py``), or one
+scenario's name. Nothing is left behind: both daemons' containers, mounts, namespaces,
+processes, bridges and data dirs go.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import containers  # noqa: E402
+from bench import containers, streams  # noqa: E402
 from tests.clients import make_cert, make_key, openssh_line, write_identity  # noqa: E402
 from tests.conftest import Daemon, wait_for  # noqa: E402
 from tests.imagebuilder import busybox_image, push  # noqa: E402
@@ -325,15 +327,20 @@ SCENARIOS: dict[str, tuple[str, Callable]] = {
 }
 #: The container scenarios (bench/containers.py), in the order they run.
 CONTAINER_SCENARIOS = ("run", "parallel", "many")
-GROUPS = {"api", "pulls", "containers", *CONTAINER_SCENARIOS}
+#: The stream scenarios (bench/streams.py), in the order they run.
+STREAM_SCENARIOS = ("attach", "logs", "exec")
+GROUPS = {"api", "pulls", "containers", "streams", *CONTAINER_SCENARIOS, *STREAM_SCENARIOS}
 
 
 def selected(only: set[str] | None, name: str, group: str) -> bool:
-    """``--only`` names groups (api, pulls, containers, run, parallel, many) or scenarios."""
+    """``--only`` names groups (api, pulls, containers, run, parallel, many, streams,
+    attach, logs, exec) or scenarios."""
     if only is None:
         return True
     if name in only or group in only:
         return True
+    if group in STREAM_SCENARIOS:
+        return "streams" in only
     return group in CONTAINER_SCENARIOS and "containers" in only
 
 
@@ -367,6 +374,12 @@ def container_scenarios(ref, ours, args: argparse.Namespace) -> list[containers.
         rows += containers.parallel(ref, ours, args.parallel, args.parallel_runs)
     if selected(args.only, "many", "many"):
         rows += containers.many(ref, ours, args.containers, args.ps_runs)
+    if selected(args.only, "attach", "attach"):
+        rows += streams.attach_throughput(ref, ours, args.stream_mib, args.stream_runs)
+    if selected(args.only, "logs", "logs"):
+        rows += streams.logs_throughput(ref, ours, args.stream_mib, args.stream_runs)
+    if selected(args.only, "exec", "exec"):
+        rows += streams.exec_latency(ref, ours, args.execs)
     return rows
 
 
@@ -383,7 +396,9 @@ def run(args: argparse.Namespace) -> list[containers.Row]:
                     layers = big_layers(200, count)
                     history = [{"created_by": f"layer {i}"} for i in range(count)]
                     registry.push(repo, "latest", layers, {**CONFIG, "history": history})
-            wants_containers = any(selected(args.only, n, n) for n in CONTAINER_SCENARIOS)
+            wants_containers = any(
+                selected(args.only, n, n) for n in (*CONTAINER_SCENARIOS, *STREAM_SCENARIOS)
+            )
             if wants_containers:
                 push(registry.url, containers.IMAGE, "latest", busybox_image())
             ref.registry = ours.registry = registry.host
@@ -455,6 +470,11 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=50, help="CLI processes at once")
     parser.add_argument("--parallel-runs", type=int, default=3)
     parser.add_argument("--ps-runs", type=int, default=10)
+    parser.add_argument(
+        "--stream-mib", type=int, default=2000, help="MiB through attach and logs per run"
+    )
+    parser.add_argument("--stream-runs", type=int, default=3, help="runs of attach and logs")
+    parser.add_argument("--execs", type=int, default=50, help="docker exec runs per daemon")
     parser.add_argument("--logs", type=Path, help="copy the daemons' logs here at the end")
     args = parser.parse_args()
     unknown = (args.only or set()) - GROUPS - set(SCENARIOS)

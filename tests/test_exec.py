@@ -309,3 +309,15 @@ def test_container_resize_before_start_is_applied_at_start(alice):
     assert alice.ok("logs", n) == "41 101\n"  # (text mode turns the pty's \r\n into \n)
     alice.ok("rm", n)
     assert alice.api_post_json(f"/v1.41/containers/{n}/resize?h=1&w=1", {}).status == 404
+
+
+def test_exec_records_per_container_are_bounded(alice):
+    n = "b" + uuid.uuid4().hex[:6]
+    alice.ok("run", "-d", "--name", n, "busybox", "sleep", "100")
+    running = json.loads(_exec_create(alice, n, {"Cmd": ["sleep", "30"]}).body)["Id"]
+    assert alice.api_post_json(f"/v1.41/exec/{running}/start", {"Detach": True}).status == 200
+    ids = [json.loads(_exec_create(alice, n, {"Cmd": ["true"]}).body)["Id"] for _ in range(260)]
+    assert alice.api("GET", f"/v1.41/exec/{ids[0]}/json").status == 404  # the oldest idle
+    assert alice.api("GET", f"/v1.41/exec/{ids[-1]}/json").status == 200
+    assert _exec_inspect(alice, running)["Running"]  # a running exec is never forgotten
+    alice.ok("rm", "-f", n)

@@ -88,10 +88,35 @@ class HalfCloseTLSFactory(TLSMemoryBIOFactory):
     protocol = HalfCloseTLSProtocol
 
 
+@implementer(IHalfCloseableProtocol)
+class _PlainInput:
+    """Plain TCP: the transport's protocol for a hijacked connection. Input and the
+    peer's FIN go to the stream; the end of the connection still reaches the HTTP
+    channel, so the request's ``notifyFinish`` fires as it does over TLS."""
+
+    def __init__(self, stream, channel) -> None:
+        self._stream = stream
+        self._channel = channel
+
+    def dataReceived(self, data: bytes) -> None:
+        self._stream.dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        self._stream.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason) -> None:
+        self._channel.connectionLost(reason)
+
+
 def hijack_transport(transport, stream) -> None:
-    """Point a connection's input at ``stream`` (a TLS connection of ours, or plain TCP
-    where the channel stays the receiver)."""
+    """Point a connection's input at ``stream``: a TLS connection of ours, or a plain
+    TCP one (whose protocol, the HTTP channel, is replaced)."""
     if isinstance(transport, HalfCloseTLSProtocol):
         transport.hijack(stream)
     elif isinstance(transport, ProtocolWrapper):
-        transport.wrappedProtocol = stream
+        transport.wrappedProtocol = _PlainInput(stream, transport.wrappedProtocol)
+    elif hasattr(transport, "protocol"):
+        transport.protocol = _PlainInput(stream, transport.protocol)

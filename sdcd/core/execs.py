@@ -22,8 +22,9 @@ from sdcd.core.errors import Conflict, CoreError, InvalidArgument, NotFound
 from sdcd.store.interface import NotFound as StoreNotFound
 from sdcd.store.records import Account, ContainerRecord, ExecRecord
 
-#: Finished exec records a container keeps beyond this many are forgotten, oldest first
-#: (a health-check style loop of execs must not grow Redis without bound).
+#: Exec records a container keeps: beyond this many, the oldest that do not run (ended,
+#: or never started) are forgotten (a health-check style loop of execs, or a client that
+#: creates and never starts, must not grow Redis without bound).
 MAX_KEPT_PER_CONTAINER = 256
 #: dockerd's exit code for an exec whose process could not be started.
 CANNOT_START = 126
@@ -113,12 +114,13 @@ class ExecService:
         return exec_id
 
     async def _forget_finished(self, login: str, cid: str) -> None:
-        kept = await self._store.container_execs(login, cid)
-        if len(kept) < MAX_KEPT_PER_CONTAINER:
+        if await self._store.count_execs(login, cid) < MAX_KEPT_PER_CONTAINER:
             return
-        finished = sorted((e for e in kept if e.exit_code is not None), key=lambda e: e.created)
+        kept = await self._store.container_execs(login, cid)
+        idle = [e for e in kept if not e.running and e.id not in self._starting]
+        idle.sort(key=lambda e: timestamps.parse(e.created))
         excess = len(kept) - MAX_KEPT_PER_CONTAINER + 1
-        await self._store.forget_execs(login, cid, [e.id for e in finished[:excess]])
+        await self._store.forget_execs(login, cid, [e.id for e in idle[:excess]])
 
     async def get(self, account: Account, exec_id: str) -> ExecRecord:
         """The account's exec (exact id only, as dockerd), brought up to date with the

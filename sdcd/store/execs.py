@@ -64,6 +64,9 @@ class ExecRecordsMixin:
         )
         return bool(done)
 
+    async def count_execs(self, login: str, cid: str) -> int:
+        return int(await self._redis.scard(self._key("cexecs", login, cid)) or 0)
+
     async def container_execs(self, login: str, cid: str) -> list[ExecRecord]:
         ids = await self._redis.smembers(self._key("cexecs", login, cid)) or []
         if not ids:

@@ -131,6 +131,9 @@ class IExecRecords(Interface):
     def update_exec(record):
         """Replace the record; False when it is gone (its container was removed)."""
 
+    def count_execs(login, cid):
+        """How many exec records the container has."""
+
     def container_execs(login, cid):
         """Every ExecRecord of the container."""
 

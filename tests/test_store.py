@@ -191,3 +191,57 @@ async def test_blob_references_span_accounts(store):
     assert not await store.blob_referenced(shared)
     with pytest.raises(NotFound):
         await store.delete_image("bob", b.id)
+
+
+# -- containers and their execs -------------------------------------------------------
+
+
+def container(cid: str = "c" * 64, name: str = "web", login: str = "alice"):
+    from sdcd.store.records import ContainerRecord
+
+    return ContainerRecord(
+        id=cid, login=login, name=name, created="2026-11-28T00:00:00Z", seq=1,
+        image="busybox", image_id="sha256:" + "0" * 64, config={}, host_config={},
+        package={}, node="node-1", network={}, ports={},
+    )  # fmt: skip
+
+
+def exec_record(exec_id: str, cid: str = "c" * 64, login: str = "alice"):
+    from sdcd.store.records import ExecRecord
+
+    return ExecRecord(
+        id=exec_id, login=login, container=cid, created="2026-11-28T00:00:01Z",
+        config={"Cmd": ["true"]},
+    )  # fmt: skip
+
+
+def test_exec_records_interface(store):
+    from sdcd.store.interface import IContainerRecords, IExecRecords
+
+    assert verifyObject(IContainerRecords, store) and verifyObject(IExecRecords, store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_exec_needs_its_container_and_goes_with_it(store):
+    from sdcd.store.records import ContainerState
+
+    with pytest.raises(NotFound):
+        await store.create_exec(exec_record("e1"))
+    assert await store.get_exec("alice", "e1") is None
+    record = container()
+    await store.create_container(record, ContainerState())
+    await store.create_exec(exec_record("e1"))
+    await store.create_exec(exec_record("e2"))
+    assert await store.count_execs("alice", record.id) == 2
+    ran = exec_record("e1").__class__(**{**exec_record("e1").to_json(), "exit_code": 3})
+    assert await store.update_exec(ran)
+    assert (await store.get_exec("alice", "e1")).exit_code == 3
+    assert await store.get_exec("bob", "e1") is None  # execs are per account
+    assert sorted(e.id for e in await store.container_execs("alice", record.id)) == ["e1", "e2"]
+    await store.forget_execs("alice", record.id, ["e2"])
+    assert [e.id for e in await store.container_execs("alice", record.id)] == ["e1"]
+    assert await store.delete_container(record)
+    assert await store.get_exec("alice", "e1") is None
+    assert await store.count_execs("alice", record.id) == 0
+    assert not await store.update_exec(ran)  # a late update does not resurrect it
+    assert await store.get_exec("alice", "e1") is None

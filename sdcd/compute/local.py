@@ -373,7 +373,7 @@ class LocalCompute:
                 tty=bool(c.spec.get("tty")),
                 open_stdin=bool(c.spec.get("open_stdin")),
                 stdin_once=bool(c.spec.get("stdin_once")),
-                size=self._sizes.get(c.id),
+                size=self._sizes.get(c.id) or _tty_size(c.spec),
             )
         except RuntimeFailure as e:
             message = f"OCI runtime create failed: {e.message}: unknown"
@@ -770,6 +770,12 @@ def _seconds_between(start: str | None, end: str | None) -> float:
         return timestamps.parse(end) - timestamps.parse(start)
     except (TypeError, ValueError, AttributeError):
         return 0.0
+
+
+def _tty_size(spec: dict) -> tuple[int, int] | None:
+    """The spec's ``tty_size`` (the client's console size at create), if it has one."""
+    size = spec.get("tty_size")
+    return (int(size[0]), int(size[1])) if size else None
 
 
 def _exec_failure_code(message: str) -> int:

@@ -10,6 +10,7 @@ from the Docker config and hands to ``ICompute.prepare``::
      "cwd": "/",                         # WorkingDir ("" means "/")
      "user": "" | "name" | "uid" | "name:group" | "uid:gid",
      "tty": false, "open_stdin": false, "labels": {"k": "v"}, "stop_signal": "SIGTERM",
+     "tty_size": [24, 80],               # optional: the tty's size when none was set since
      "resources": {"memory": bytes, "memory_swap": bytes (memory + swap; -1 unlimited,
                    0 = twice the memory), "cpu_shares": int (0 default),
                    "cpu_quota": µs per cpu_period (0 no cap), "cpu_period": 100000,

@@ -280,6 +280,7 @@ class ContainerService:
             "cwd": config.get("WorkingDir") or "/",
             "user": config.get("User") or "",
             "tty": bool(config.get("Tty")),
+            "tty_size": _console_size(config, host),
             "open_stdin": bool(config.get("OpenStdin")),
             "stdin_once": bool(config.get("StdinOnce")),
             "labels": dict(config.get("Labels") or {}),
@@ -629,6 +630,20 @@ def _tmpfs(host_config: dict) -> dict:
             if not valid:
                 raise InvalidArgument(f"invalid tmpfs option {opt!r} for {destination}")
     return mounts
+
+
+def _console_size(config: dict, host_config: dict) -> list[int] | None:
+    """``HostConfig.ConsoleSize`` ([height, width], sent by current CLIs with ``-t``):
+    the tty's size at start. The CLI's own resize comes only after start, too late for a
+    first ``stty size``; dockerd honours it from API 1.42, and it costs nothing here."""
+    size = host_config.get("ConsoleSize")
+    if not config.get("Tty") or not size or size == [0, 0]:
+        return None
+    if not (isinstance(size, list) and len(size) == 2) or not all(
+        isinstance(v, int) and 0 < v < 65536 for v in size
+    ):
+        raise InvalidArgument("ConsoleSize must be [height, width]")
+    return list(size)
 
 
 def _stop_timeout(config: dict, timeout: int | None) -> int:

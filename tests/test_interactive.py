@@ -250,3 +250,33 @@ def test_stdin_pipe_cat(user, names, cli):
 def test_run_i_exit_code(user, names, cli):
     result = run_cli(user, cli, "run", "-i", "--name", names(), "busybox", "sh", "-c", "exit 7")
     assert result.returncode == 7, result.stderr
+
+
+# -- docker exec -it ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_exec_it_shell_exit_code_and_resize(user, names, cli):
+    n = names()
+    user.ok("run", "-d", "--name", n, "busybox", "sleep", "300")
+    with docker_pty(user, "exec", "-it", n, "sh", rows=24, cols=80, **cli) as p:
+        p.expect(PROMPT)
+        p.send("echo $((6*7))\r")
+        p.expect(rb"\r\n42\r\n")
+        p.expect(PROMPT)
+        p.send("stty size\r")
+        p.expect(rb"\r\n24 80\r\n")
+        p.expect(PROMPT)
+        p.set_size(40, 120)  # SIGWINCH to the CLI, which posts /exec/{id}/resize
+        deadline = time.monotonic() + 10
+        while True:
+            p.send("stty size\r")
+            size = p.expect(rb"\r\n(\d+ \d+)\r\n").group(1)
+            p.expect(PROMPT)
+            if size == b"40 120" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert size == b"40 120"
+        p.send("exit 3\r")
+        assert p.wait() == 3
+    assert running(user, n)  # the exec ended, the container did not

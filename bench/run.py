@@ -376,6 +376,9 @@ def container_scenarios(ref, ours, args: argparse.Namespace) -> list[containers.
         rows += containers.many(ref, ours, args.containers, args.ps_runs)
     if selected(args.only, "attach", "attach"):
         rows += streams.attach_throughput(ref, ours, args.stream_mib, args.stream_runs)
+        rows += streams.attach_throughput(
+            ref, ours, args.stream_mib, args.stream_runs, ("--log-driver", "none")
+        )
     if selected(args.only, "logs", "logs"):
         rows += streams.logs_throughput(ref, ours, args.stream_mib, args.stream_runs)
     if selected(args.only, "exec", "exec"):

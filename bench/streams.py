@@ -266,9 +266,9 @@ def _limit(mib: int) -> float:
     return CLI_TIMEOUT + SECONDS_PER_MIB * mib
 
 
-def _dd_run(target, mib: int) -> Transfer:
+def _dd_run(target, mib: int, options: tuple[str, ...] = ()) -> Transfer:
     """``docker run --rm busybox dd ...``: exactly ``mib`` MiB of stdout, or an error."""
-    transfer = counted(target, "run", "--rm", *_dd(mib), timeout=_limit(mib))
+    transfer = counted(target, "run", "--rm", *options, *_dd(mib), timeout=_limit(mib))
     return exact(transfer, mib * MIB, f"{target.label}: run --rm dd count={mib}")
 
 
@@ -300,22 +300,25 @@ def transfer_rows(
     ]
 
 
-def attach_throughput(ref, ours, mib: int, runs: int) -> list[Row]:
-    """``docker run --rm busybox dd ... count=mib``, stdout counted; interleaved runs."""
-    name = f"`docker run --rm busybox dd bs=1M count={mib}`, attach"
-    sides = Sides(ref, ours, "attach")
+def attach_throughput(ref, ours, mib: int, runs: int, options: tuple[str, ...] = ()) -> list[Row]:
+    """``docker run --rm [options] busybox dd ... count=mib``, stdout counted; interleaved
+    runs. With ``--log-driver none`` the log writer is out of the picture: dockerd's
+    json-file writes each zero byte as six (``\\u0000``), which makes it the bottleneck."""
+    shown = " ".join(options) + " " if options else ""
+    name = f"`docker run --rm {shown}busybox dd bs=1M count={mib}`, attach"
+    sides = Sides(ref, ours, "attach " + shown.strip() if shown else "attach")
     for target in sides.targets:  # warm-up
-        sides.attempt(target, lambda t: _dd_run(t, WARMUP_MIB))
+        sides.attempt(target, lambda t: _dd_run(t, WARMUP_MIB, options))
     transfers: dict[str, list[Transfer]] = {t.label: [] for t in sides.targets}
     for _ in range(runs):
         for target in sides.live():
-            done = sides.attempt(target, lambda t: _dd_run(t, mib))
+            done = sides.attempt(target, lambda t: _dd_run(t, mib, options))
             if done is not None:
                 transfers[target.label].append(done)
                 sides.values[target.label].append(done.count / done.seconds)
     return [
         sides.row(f"{name}, MiB/s (median of {runs})", statistics.median, "B/s", ("≥", 0.5)),
-        *transfer_rows(sides, transfers, "attach"),
+        *transfer_rows(sides, transfers, "attach " + shown.strip() if shown else "attach"),
     ]
 
 

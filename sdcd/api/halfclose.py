@@ -18,6 +18,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+#: How long a finished hijacked connection waits for the client's FIN before closing.
+CLOSE_GRACE = 30.0
+
 
 @implementer(IHalfCloseableProtocol)
 class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
@@ -26,6 +29,8 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
     _stream = None
     _peer_closed = False
     _tcp_read_closed = False
+    _sent_close_notify = False
+    _close_call = None
 
     def hijack(self, stream) -> None:
         """From now on application bytes go to ``stream.dataReceived`` and the peer's end
@@ -66,10 +71,10 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
 
     def readConnectionLost(self) -> None:
         self._tcp_read_closed = True
-        if self._stream is not None:
-            self._peer_finished()
-        else:
+        if self._stream is None or self._sent_close_notify:
             self.transport.loseConnection()
+        else:
+            self._peer_finished()
 
     def writeConnectionLost(self) -> None:
         pass
@@ -80,6 +85,23 @@ class HalfCloseTLSProtocol(TLSMemoryBIOProtocol):
             # The peer will send nothing more (no close_notify reply is coming): close
             # the TCP connection after our close_notify.
             self.transport.loseConnection()
+            return
+        if self._stream is None or self._aborted:
+            return
+        # A hijacked stream is over while the client may still send: as dockerd, FIN
+        # right after our close_notify, then read (and drop) until the client's FIN —
+        # closing with its bytes unread would send a RST that can cut output it has not
+        # read yet — but not for ever: no idle timeout applies any more.
+        self._sent_close_notify = True
+        self.transport.loseWriteConnection()
+        self._close_call = self.transport.reactor.callLater(
+            CLOSE_GRACE, self.transport.loseConnection
+        )
+
+    def connectionLost(self, reason):
+        if self._close_call is not None and self._close_call.active():
+            self._close_call.cancel()
+        super().connectionLost(reason)
 
 
 class HalfCloseTLSFactory(TLSMemoryBIOFactory):

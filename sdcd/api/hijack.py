@@ -269,7 +269,10 @@ class AttachResource(HijackResource):
         started = time.monotonic()
         try:
             if flag(request, "logs"):
-                await self._containers.replay_logs(account, record.id, stream)
+                chosen = {s for s in ("stdout", "stderr") if options[s]}
+                await self._containers.replay_logs(
+                    account, record.id, _ChosenStreams(stream, chosen)
+                )
             if flag(request, "stream", default=True) and stream.how == "open":
                 session = await self._containers.attach(account, record.id, options, stream)
                 stream.joined(session)
@@ -277,6 +280,25 @@ class AttachResource(HijackResource):
         finally:
             stream.close()
             self.log_session(request, stream, record.id[:12], started)
+
+
+@implementer(ILogConsumer)
+class _ChosenStreams:
+    """The kept log for ``logs=1``: only the streams the attach asked for (as dockerd)."""
+
+    def __init__(self, stream: HijackedStream, streams: set[str]) -> None:
+        self._stream = stream
+        self._streams = streams
+
+    def entry(self, stream: str, data: bytes, time: str) -> None:
+        if stream in self._streams:
+            self._stream.entry(stream, data, time)
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self._stream.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._stream.unregisterProducer()
 
 
 class ExecStartResource(HijackResource):

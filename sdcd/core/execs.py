@@ -147,10 +147,15 @@ class ExecService:
 
     async def check_start(self, account: Account, exec_id: str) -> ExecRecord:
         """Whether the exec may start now (404/409 before the connection is taken over)."""
+        if exec_id in self._starting:
+            raise Conflict(f"Error: Exec command {exec_id} is already running")
+        return await self._check_start(account, exec_id)
+
+    async def _check_start(self, account: Account, exec_id: str) -> ExecRecord:
         record = await self.get(account, exec_id)
         if record.exit_code is not None:
             raise Conflict(f"Error: Exec command {exec_id} has already run")
-        if record.started or exec_id in self._starting:
+        if record.started:
             raise Conflict(f"Error: Exec command {exec_id} is already running")
         container, state = await self._containers.get(account, record.container)
         _check_running(container, state.status)
@@ -162,10 +167,14 @@ class ExecService:
         """Run the exec: attached to ``sink`` (an IStreamSink), or detached with None.
         Returns the node's IStdioSession; ``exited(exec_id)`` fires once its exit code
         is recorded."""
-        record = await self.check_start(account, exec_id)
+        if exec_id in self._starting:
+            raise Conflict(f"Error: Exec command {exec_id} is already running")
+        # From here a resize waits for the start (rather than writing a size to the
+        # record that this start has already read).
         self._starting[exec_id] = starting = defer.Deferred()
-        self._exits[exec_id] = defer.Deferred()
         try:
+            record = await self._check_start(account, exec_id)
+            self._exits[exec_id] = defer.Deferred()
             session = await self._run(record, sink, size)
         finally:
             del self._starting[exec_id]
@@ -240,15 +249,14 @@ class ExecService:
     async def resize(self, account: Account, exec_id: str, height: int, width: int) -> None:
         """A resize before start is kept for the start; one racing the start waits for
         the process to run."""
-        record = await self.get(account, exec_id)
-        if not record.started:
-            await self._save(record, size=(height, width))
-            return
         if exec_id in self._starting:
             mine: defer.Deferred = defer.Deferred()
             self._starting[exec_id].addBoth(lambda v: (mine.callback(None), v)[1])
             await mine
-            record = await self.get(account, exec_id)
+        record = await self.get(account, exec_id)
+        if not record.started:
+            await self._save(record, size=(height, width))
+            return
         if not record.config["Tty"]:
             return
         if record.exit_code is not None:

@@ -5,6 +5,7 @@ sequence (OpenStdin + StdinOnce, no tty) through docker-py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import subprocess
@@ -173,6 +174,23 @@ def test_a_gigabyte_through_exec_arrives_complete(alice, box):
         cmd, shell=True, capture_output=True, text=True, env=alice.env(), timeout=300
     )
     assert r.returncode == 0 and int(r.stdout) == size
+
+
+def test_a_gigabyte_through_attach_arrives_complete_and_in_order(alice):
+    """1 GB through ``docker run`` (attach), and an ordered stream (numbered lines) whose
+    checksum must match the same stream made here."""
+    size = 1_000_000_000
+    cmd = f"docker run --rm --log-driver none busybox head -c {size} /dev/zero | wc -c"
+    r = subprocess.run(
+        cmd, shell=True, capture_output=True, text=True, env=alice.env(), timeout=300
+    )
+    assert r.returncode == 0 and int(r.stdout) == size
+    cmd = "docker run --rm --log-driver none busybox seq 1 3000000 | md5sum"
+    r = subprocess.run(
+        cmd, shell=True, capture_output=True, text=True, env=alice.env(), timeout=300
+    )
+    expected = hashlib.md5(b"".join(b"%d\n" % i for i in range(1, 3000001))).hexdigest()
+    assert r.returncode == 0 and r.stdout.split()[0] == expected
 
 
 def test_ordered_output_through_exec(alice, box):

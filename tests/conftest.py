@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+#: Tests that run containers (runc, conmon, network namespaces) need root.
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -217,3 +220,55 @@ def _purge_daemons():
     for d in _DAEMONS:
         if not getattr(d, "purged", False):
             d.destroy()
+
+
+@pytest.fixture(scope="module")
+def registry():
+    """Debian's docker-registry on loopback holding the test ``busybox`` image (a module
+    that needs another registry defines its own ``registry``)."""
+    from tests.imagebuilder import busybox_image, push
+    from tests.registry import Registry
+
+    with Registry() as reg:
+        push(reg.url, "busybox", "latest", busybox_image())
+        yield reg
+
+
+# Accounts for container tests: a module defines ``sdcd`` (its daemon); these use it.
+
+
+@pytest.fixture(scope="module")
+def alice(sdcd, registry, tmp_path_factory):
+    """An approved account with busybox pulled; its containers removed at the end."""
+    from tests.dockercli import busybox_user, remove_all
+
+    u = busybox_user(sdcd, tmp_path_factory.mktemp("alice"), registry, "alice")
+    yield u
+    remove_all(u)
+
+
+@pytest.fixture(scope="module")
+def bob(sdcd, registry, tmp_path_factory):
+    """A second account like ``alice``, for tenancy tests."""
+    from tests.dockercli import busybox_user, remove_all
+
+    u = busybox_user(sdcd, tmp_path_factory.mktemp("bob"), registry, "bob")
+    yield u
+    remove_all(u)
+
+
+@pytest.fixture
+def docker_py(sdcd, alice, monkeypatch):
+    """A docker-py client for ``alice`` over TLS (the machine's CA-bundle variables would
+    override docker-py's ``ca.pem``: unset for the test)."""
+    docker = pytest.importorskip("docker")
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    tls = docker.tls.TLSConfig(
+        client_cert=(str(alice.certs / "cert.pem"), str(alice.certs / "key.pem")),
+        ca_cert=str(alice.certs / "ca.pem"),
+        verify=True,
+    )
+    client = docker.DockerClient(base_url=f"https://localhost:{sdcd.docker_port}", tls=tls)
+    yield client
+    client.close()

@@ -75,3 +75,19 @@ class User:
         return request(
             self.sdcd.docker_port, method, path, ca=self.sdcd.ca_path, identity=self.identity
         )
+
+
+def busybox_user(sdcd: Daemon, root: Path, registry, login: str, approved: bool = True) -> User:
+    """An account that has pulled the registry's busybox and tagged it ``busybox``."""
+    u = User(sdcd, root, login, approved=approved)
+    if approved:
+        u.ok("pull", f"{registry.host}/busybox")
+        u.ok("tag", f"{registry.host}/busybox", "busybox")
+    return u
+
+
+def remove_all(u: User) -> None:
+    """Remove every container of the account (module teardown)."""
+    ids = u.ok("ps", "-aq").split()
+    if ids:
+        u.docker("rm", "-f", *ids)

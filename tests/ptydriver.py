@@ -25,16 +25,7 @@ DEFAULT_TIMEOUT = 15.0
 def docker_env(user: User, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment ``User.docker`` gives the CLI (its account, TLS, home), plus
     ``extra`` (e.g. ``DOCKER_API_VERSION``) and a ``TERM``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-    env.setdefault("TERM", "xterm")
-    env.update(extra or {})
-    env.update(
-        DOCKER_HOST=user.sdcd.docker_host,
-        DOCKER_TLS_VERIFY="1",
-        DOCKER_CERT_PATH=str(user.certs),
-        HOME=str(user.home),
-    )
-    return env
+    return user.env({"TERM": os.environ.get("TERM", "xterm"), **(extra or {})})
 
 
 def _set_winsize(fd: int, rows: int, cols: int) -> None:

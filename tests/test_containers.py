@@ -13,55 +13,15 @@ import uuid
 
 import pytest
 
-from tests.conftest import Daemon, running_daemon, wait_for
-from tests.dockercli import User
-from tests.imagebuilder import busybox_image, push
-from tests.registry import Registry
+from tests.conftest import Daemon, needs_root, running_daemon, wait_for
+from tests.dockercli import User, busybox_user
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() != "0",
-    reason="containers need root",
-)
-
-
-@pytest.fixture(scope="module")
-def registry():
-    with Registry() as reg:
-        push(reg.url, "busybox", "latest", busybox_image())
-        yield reg
+pytestmark = needs_root
 
 
 @pytest.fixture(scope="module")
 def sdcd(tmp_path_factory):
     yield from running_daemon(tmp_path_factory.mktemp("containers"))
-
-
-def _user(sdcd: Daemon, root, registry: Registry, login: str, approved: bool = True) -> User:
-    u = User(sdcd, root, login, approved=approved)
-    if approved:
-        u.ok("pull", f"{registry.host}/busybox")
-        u.ok("tag", f"{registry.host}/busybox", "busybox")
-    return u
-
-
-@pytest.fixture(scope="module")
-def alice(sdcd, registry, tmp_path_factory):
-    u = _user(sdcd, tmp_path_factory.mktemp("alice"), registry, "alice")
-    yield u
-    _remove_all(u)
-
-
-@pytest.fixture(scope="module")
-def bob(sdcd, registry, tmp_path_factory):
-    u = _user(sdcd, tmp_path_factory.mktemp("bob"), registry, "bob")
-    yield u
-    _remove_all(u)
-
-
-def _remove_all(u: User) -> None:
-    ids = u.ok("ps", "-aq").split()
-    if ids:
-        u.docker("rm", "-f", *ids)
 
 
 def name() -> str:
@@ -503,7 +463,7 @@ def test_unknown_user(alice):
 
 
 def test_unapproved_account_may_not_run(sdcd, registry, tmp_path):
-    u = _user(sdcd, tmp_path, registry, "carol", approved=False)
+    u = busybox_user(sdcd, tmp_path, registry, "carol", approved=False)
     result = u.docker("create", "busybox", "true")
     assert result.returncode != 0
     assert "does not have permission" in result.stderr
@@ -555,29 +515,18 @@ def test_old_api_versions(alice, version):
     alice.ok("rm", n)
 
 
-def test_docker_py(sdcd, alice, monkeypatch):
-    docker = pytest.importorskip("docker")
-    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    tls = docker.tls.TLSConfig(
-        client_cert=(str(alice.certs / "cert.pem"), str(alice.certs / "key.pem")),
-        ca_cert=str(alice.certs / "ca.pem"),
-        verify=True,
-    )
-    client = docker.DockerClient(base_url=f"https://localhost:{sdcd.docker_port}", tls=tls)
-    try:
-        out = client.containers.run("busybox", ["echo", "from-py"], remove=True)
-        assert out == b"from-py\n"
-        c = client.containers.run("busybox", ["sleep", "100"], detach=True, labels={"x": "y"})
-        assert c.status in ("created", "running")
-        c.reload()
-        assert c.status == "running" and c.labels["x"] == "y"
-        assert c in client.containers.list(filters={"label": "x=y"})
-        c.kill()
-        assert c.wait()["StatusCode"] == 137
-        c.remove()
-    finally:
-        client.close()
+def test_docker_py(docker_py):
+    client = docker_py
+    out = client.containers.run("busybox", ["echo", "from-py"], remove=True)
+    assert out == b"from-py\n"
+    c = client.containers.run("busybox", ["sleep", "100"], detach=True, labels={"x": "y"})
+    assert c.status in ("created", "running")
+    c.reload()
+    assert c.status == "running" and c.labels["x"] == "y"
+    assert c in client.containers.list(filters={"label": "x=y"})
+    c.kill()
+    assert c.wait()["StatusCode"] == 137
+    c.remove()
 
 
 # -- reconciling Redis with the node ------------------------------------------------------

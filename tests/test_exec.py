@@ -14,50 +14,17 @@ import uuid
 
 import pytest
 
-from tests.conftest import running_daemon, wait_for
+from tests.conftest import needs_root, running_daemon, wait_for
 from tests.dockercli import User
-from tests.imagebuilder import busybox_image, push
-from tests.registry import Registry
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() != "0",
-    reason="containers need root",
-)
+pytestmark = needs_root
 
 OLD_CLI = "/usr/bin/docker"
 
 
 @pytest.fixture(scope="module")
-def registry():
-    with Registry() as reg:
-        push(reg.url, "busybox", "latest", busybox_image())
-        yield reg
-
-
-@pytest.fixture(scope="module")
 def sdcd(tmp_path_factory):
     yield from running_daemon(tmp_path_factory.mktemp("exec"))
-
-
-def _user(sdcd, root, registry, login: str) -> User:
-    u = User(sdcd, root, login)
-    u.ok("pull", f"{registry.host}/busybox")
-    u.ok("tag", f"{registry.host}/busybox", "busybox")
-    return u
-
-
-@pytest.fixture(scope="module")
-def alice(sdcd, registry, tmp_path_factory):
-    u = _user(sdcd, tmp_path_factory.mktemp("alice"), registry, "alice")
-    yield u
-    _remove_all(u)
-
-
-@pytest.fixture(scope="module")
-def bob(sdcd, registry, tmp_path_factory):
-    u = _user(sdcd, tmp_path_factory.mktemp("bob"), registry, "bob")
-    yield u
-    _remove_all(u)
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +33,6 @@ def box(alice):
     n = "box" + uuid.uuid4().hex[:6]
     alice.ok("run", "-d", "--name", n, "busybox", "sleep", "3600")
     return n
-
-
-def _remove_all(u: User) -> None:
-    ids = u.ok("ps", "-aq").split()
-    if ids:
-        u.docker("rm", "-f", *ids)
 
 
 def _exec_create(u: User, ref: str, body: dict, version: str = "v1.41"):
@@ -263,22 +224,8 @@ def test_execs_go_with_their_container(alice):
 # -- docker-py ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def client(sdcd, alice, monkeypatch):
-    docker = pytest.importorskip("docker")
-    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    tls = docker.tls.TLSConfig(
-        client_cert=(str(alice.certs / "cert.pem"), str(alice.certs / "key.pem")),
-        ca_cert=str(alice.certs / "ca.pem"),
-        verify=True,
-    )
-    c = docker.DockerClient(base_url=f"https://localhost:{sdcd.docker_port}", tls=tls)
-    yield c
-    c.close()
-
-
-def test_docker_py_exec_run(client, box):
+def test_docker_py_exec_run(docker_py, box):
+    client = docker_py
     c = client.containers.get(box)
     code, out = c.exec_run(["sh", "-c", "echo py; exit 3"])
     assert (code, out) == (3, b"py\n")
@@ -286,7 +233,8 @@ def test_docker_py_exec_run(client, box):
     assert (code, out, err) == (0, b"o\n", b"e\n")
 
 
-def test_gitlab_runner_attach_then_start(client):
+def test_gitlab_runner_attach_then_start(docker_py):
+    client = docker_py
     """As GitLab runner drives a build container: create with OpenStdin + StdinOnce and
     no tty, attach stdin/stdout/stderr, start, write the script, close stdin; the
     container must see EOF, finish, and the attach must end (SDC hung here)."""

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from tests.conftest import Daemon, running_daemon, wait_for
-from tests.dockercli import User
+from tests.conftest import Daemon, needs_root, running_daemon, wait_for
+from tests.dockercli import User, busybox_user
 from tests.hijackclient import (
     STDERR,
     STDOUT,
@@ -26,10 +26,8 @@ from tests.hijackclient import (
     demux,
     split_streams,
 )
-from tests.imagebuilder import busybox_image, push
-from tests.registry import Registry
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
+pytestmark = needs_root
 
 V = "/v1.41"
 TLS = ["1.2", "1.3"]
@@ -37,27 +35,13 @@ MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def registry():
-    with Registry() as reg:
-        push(reg.url, "busybox", "latest", busybox_image())
-        yield reg
-
-
-@pytest.fixture(scope="module")
 def sdcd(tmp_path_factory):
     yield from running_daemon(tmp_path_factory.mktemp("hijack"))
 
 
-def _user(sdcd: Daemon, root, registry: Registry, login: str) -> User:
-    u = User(sdcd, root, login)
-    u.ok("pull", f"{registry.host}/busybox")
-    u.ok("tag", f"{registry.host}/busybox", "busybox")
-    return u
-
-
 @pytest.fixture(scope="module")
 def alice(sdcd, registry, tmp_path_factory):
-    return _user(sdcd, tmp_path_factory.mktemp("alice"), registry, "alice")
+    return busybox_user(sdcd, tmp_path_factory.mktemp("alice"), registry, "alice")
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,13 @@ import uuid
 
 import pytest
 
-from tests.conftest import Daemon, running_daemon
+from tests.conftest import Daemon, needs_root, running_daemon
 from tests.dockercli import User
 from tests.hijackclient import tls_context
-from tests.imagebuilder import busybox_image, push
 from tests.ptydriver import docker_env, docker_pty
 from tests.registry import Registry
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() != "0",
-    reason="containers need root",
-)
-
-
-@pytest.fixture(scope="module")
-def registry():
-    with Registry() as reg:
-        push(reg.url, "busybox", "latest", busybox_image())
-        yield reg
+pytestmark = needs_root
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +49,19 @@ PROMPT = rb"/ # (\x1b\[6n)?"
 #: A shell command that waits until the CLI's post-start resize has reached the tty.
 #: (busybox's ``stty size`` on a 0x0 tty prints an error but exits 0.)
 WAIT_FOR_SIZE = 'until [ -n "$(stty size 2>/dev/null)" ]; do sleep 0.05; done'
+
+
+def settled_size(p, wanted: bytes, seconds: float = 10) -> bytes:
+    """``stty size`` in the shell on ``p`` until it says ``wanted`` (the CLI's resize
+    after SIGWINCH takes a moment) or time is up; the last answer."""
+    deadline = time.monotonic() + seconds
+    while True:
+        p.send("stty size\r")
+        size = p.expect(rb"\r\n(\d+ \d+)\r\n").group(1)
+        p.expect(PROMPT)
+        if size == wanted or time.monotonic() > deadline:
+            return size
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -117,15 +119,7 @@ def test_stty_size_follows_window_resize(user, names, cli):
         p.expect(rb"\r\n24 80\r\n")
         p.expect(PROMPT)
         p.set_size(40, 120)  # SIGWINCH to the CLI, which posts /resize
-        deadline = time.monotonic() + 10
-        while True:
-            p.send("stty size\r")
-            size = p.expect(rb"\r\n(\d+ \d+)\r\n").group(1)
-            p.expect(PROMPT)
-            if size == b"40 120" or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert size == b"40 120"
+        assert settled_size(p, b"40 120") == b"40 120"
         p.send("exit\r")
         assert p.wait() == 0
 
@@ -268,15 +262,7 @@ def test_exec_it_shell_exit_code_and_resize(user, names, cli):
         p.expect(rb"\r\n24 80\r\n")
         p.expect(PROMPT)
         p.set_size(40, 120)  # SIGWINCH to the CLI, which posts /exec/{id}/resize
-        deadline = time.monotonic() + 10
-        while True:
-            p.send("stty size\r")
-            size = p.expect(rb"\r\n(\d+ \d+)\r\n").group(1)
-            p.expect(PROMPT)
-            if size == b"40 120" or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert size == b"40 120"
+        assert settled_size(p, b"40 120") == b"40 120"
         p.send("exit 3\r")
         assert p.wait() == 3
     assert running(user, n)  # the exec ended, the container did not

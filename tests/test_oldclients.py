@@ -4,38 +4,22 @@ exec — beside the current CLI doing the same."""
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 
 import pytest
 
-from tests.conftest import running_daemon, wait_for
+from tests.conftest import needs_root, running_daemon, wait_for
 from tests.dockercli import User
-from tests.imagebuilder import busybox_image, push
-from tests.registry import Registry
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() != "0",
-    reason="containers need root",
-)
+pytestmark = needs_root
 
 OLD_CLI = "/usr/bin/docker"
 VERSIONS = ["1.20", "1.21", "1.22", "1.23", "1.24", None]  # None: current CLI, newest API
 
 
 @pytest.fixture(scope="module")
-def alice(tmp_path_factory):
-    with Registry() as reg:
-        push(reg.url, "busybox", "latest", busybox_image())
-        root = tmp_path_factory.mktemp("old")
-        for daemon in running_daemon(root / "sdcd"):
-            u = User(daemon, root, "alice")
-            u.ok("pull", f"{reg.host}/busybox")
-            u.ok("tag", f"{reg.host}/busybox", "busybox")
-            yield u
-            ids = u.ok("ps", "-aq").split()
-            if ids:
-                u.docker("rm", "-f", *ids)
+def sdcd(tmp_path_factory):
+    yield from running_daemon(tmp_path_factory.mktemp("old"))
 
 
 def cli(u: User, version: str | None, *args: str, stdin: str | None = None):

@@ -235,7 +235,7 @@ class ContainerService:
             await self._compute.prepare(self._node_spec(record, image, package, args))
         except Exception as e:
             await self._undo_create(record)
-            raise _compute_error(e, record.id) from None
+            raise compute_error(e, record.id) from None
         self.publish(record, "create")
         return []
 
@@ -344,7 +344,7 @@ class ContainerService:
                 found = await self._store.get_container(record.login, record.id)
                 if found:
                     await self._destroy(*found)
-            raise _compute_error(e, record.id) from None
+            raise compute_error(e, record.id) from None
         await self._update(record, "start", node_state)
 
     async def stop(self, account: Account, ref: str, timeout: int | None) -> None:
@@ -578,7 +578,7 @@ class ContainerService:
         try:
             return await method(*args)
         except ComputeError as e:
-            raise _compute_error(e, args[0]) from None
+            raise compute_error(e, args[0]) from None
 
 
 def _refuse_unbuilt_volumes(host_config: dict) -> None:
@@ -660,7 +660,8 @@ def _signal(value: str) -> str:
     return value if value.startswith("SIG") else "SIG" + value
 
 
-def _compute_error(e: Exception, cid: str) -> Exception:
+def compute_error(e: Exception, cid: str) -> Exception:
+    """The core error a node error means for container ``cid``."""
     if isinstance(e, CoreError):
         return e
     if isinstance(e, ComputeError):
@@ -674,4 +675,4 @@ def _compute_error(e: Exception, cid: str) -> Exception:
     return e
 
 
-__all__ = ["ContainerService", "short_id"]
+__all__ = ["ContainerService", "compute_error", "short_id"]

@@ -17,8 +17,8 @@ from twisted.logger import Logger
 
 from sdcd import timestamps
 from sdcd.compute.interface import ComputeError
-from sdcd.core.containers import ContainerService
-from sdcd.core.errors import Conflict, CoreError, InvalidArgument, NotFound
+from sdcd.core.containers import ContainerService, compute_error
+from sdcd.core.errors import Conflict, InvalidArgument, NotFound
 from sdcd.store.interface import NotFound as StoreNotFound
 from sdcd.store.records import Account, ContainerRecord, ExecRecord
 
@@ -200,7 +200,7 @@ class ExecService:
         except ComputeError as e:
             code = await self._node_exit_code(record.id)
             await self._finished(record, CANNOT_START if code is None else code)
-            raise _exec_error(e, record) from None
+            raise compute_error(e, record.container) from None
         record = await self._save(record, running=True, pid=int(getattr(session, "pid", 0) or 0))
         await self._publish(record, "exec_start: " + " ".join(config["Cmd"]))
         d = defer.ensureDeferred(self._watch(record))
@@ -264,7 +264,7 @@ class ExecService:
         try:
             await self._compute.exec_resize(record.container, exec_id, height, width)
         except ComputeError as e:
-            raise _exec_error(e, record) from None
+            raise compute_error(e, record.container) from None
 
     async def _save(self, record: ExecRecord, **changes) -> ExecRecord:
         updated = ExecRecord(**{**record.to_json(), **changes})
@@ -275,13 +275,3 @@ class ExecService:
         found = await self._store.get_container(record.login, record.container)
         if found:
             self._containers.publish(found[0], action, {"execID": record.id, **(extra or {})})
-
-
-def _exec_error(e: ComputeError, record: ExecRecord) -> CoreError:
-    if e.kind == "not_found":
-        return NotFound(f"No such container: {record.container}")
-    if e.kind == "conflict":
-        return Conflict(e.message)
-    if e.kind == "invalid":
-        return InvalidArgument(e.message)
-    return CoreError(e.message)

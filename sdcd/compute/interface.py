@@ -161,6 +161,13 @@ class ICompute(Interface):
     def subscribe(listener):
         """Call ``listener(event)`` for every node event from now on."""
 
+    def stats(cid):
+        """Deferred one sample of the container's resource use, in Docker API 1.41's
+        stats shape (``sdcd.compute.stats``): without ``name``, and with zero
+        ``precpu_stats`` (the caller fills it from its previous sample with
+        ``stats.with_previous``). A container that does not run gives dockerd's zero
+        sample. Kind "not_found" for a container the node does not hold."""
+
     def disk_usage(cid):
         """Deferred {"rw": bytes written by the container, "rootfs": rw + its image}."""
 

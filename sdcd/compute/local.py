@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sdcd import timestamps
-from sdcd.compute import etcfiles, network, rootfs, stdio, users
+from sdcd.compute import etcfiles, network, rootfs, stats, stdio, users
 from sdcd.compute import spec as runtime_spec
 from sdcd.compute.conmon import ExitStatus, Runtime, RuntimeFailure
 from sdcd.compute.host import host_facts
@@ -732,6 +732,15 @@ class LocalCompute:
     @staticmethod
     def _log_path(c: _Container) -> Path:
         return c.dir / "container.log"
+
+    async def stats(self, cid: str) -> dict:
+        """One stats sample. Running and paused containers are read from their cgroups;
+        any other state gets the zero sample dockerd sends for a container that does not
+        run (also when it exits between the check and the read)."""
+        c = self._get(cid)
+        if c.state["status"] not in ("running", "paused"):
+            return stats.empty_sample(cid)
+        return await stats.sample(cid)
 
     async def disk_usage(self, cid: str) -> dict:
         c = self._get(cid)

@@ -694,3 +694,46 @@ def test_tmpfs_and_volumes(alice):
     bad = alice.docker("create", "--tmpfs", "/x:suid=maybe", "busybox", "true")
     assert bad.returncode != 0 and "invalid tmpfs option" in bad.stderr
     assert alice.ok("ps", "-aq") == before
+
+
+# -- docker stats -----------------------------------------------------------------------
+
+
+def test_stats_no_stream_for_a_busy_container(alice, bob):
+    burn, idle = name(), name()
+    alice.ok("run", "-d", "--name", burn, "-m", "256m", "busybox", "sh", "-c",
+             "dd if=/dev/zero of=/dev/shm/x bs=1M count=60; while :; do :; done")  # fmt: skip
+    alice.ok("create", "--name", idle, "busybox", "true")
+    wait_for(lambda: "60" in alice.ok("exec", burn, "du", "-m", "/dev/shm/x"), 20)
+    out = alice.ok("stats", "--no-stream", "--format", "{{json .}}", burn, idle)
+    rows = {r["Name"]: r for r in map(json.loads, out.splitlines())}
+    cpu = float(rows[burn]["CPUPerc"].rstrip("%"))
+    assert 5 < cpu <= 110, rows[burn]  # a package caps it; it burns what it gets
+    used, _, limit = rows[burn]["MemUsage"].partition(" / ")
+    assert used.endswith("MiB") and 55 < float(used[:-3]) < 256, rows[burn]
+    assert limit == "256MiB", rows[burn]
+    assert int(rows[burn]["PIDs"]) >= 1
+    assert rows[idle]["CPUPerc"] == "0.00%" and rows[idle]["PIDs"] == "0"
+    one = json.loads(alice.api("GET", f"/v1.41/containers/{burn}/stats?stream=0&one-shot=1").body)
+    assert one["name"] == "/" + burn and one["memory_stats"]["limit"] == 256 * 1024 * 1024
+    assert one["precpu_stats"]["cpu_usage"]["total_usage"] == 0  # one-shot: no previous
+    bad = alice.api("GET", f"/v1.41/containers/{burn}/stats?stream=1&one-shot=1")
+    assert bad.status == 400
+    assert bob.api("GET", f"/v1.41/containers/{burn}/stats?stream=0").status == 404
+    alice.ok("rm", "-f", burn, idle)
+
+
+def test_stats_stream_sends_a_sample_a_second(alice):
+    n = name()
+    alice.ok("run", "-d", "--name", n, "busybox", "sleep", "100")
+    proc = subprocess.Popen(
+        ["docker", "stats", "--format", "{{.Name}} {{.PIDs}}", n],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=alice.env(),
+    )  # fmt: skip
+    try:
+        time.sleep(3.5)
+    finally:
+        proc.kill()
+        out, _ = proc.communicate(timeout=10)
+    assert out.decode().count(f"{n} 1") >= 2  # refreshed at least twice
+    alice.ok("rm", "-f", n)

@@ -3,10 +3,11 @@ render as dockerd does for the request's API version."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from klein import Klein
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from sdcd.api import containerviews as views
@@ -17,7 +18,7 @@ from sdcd.api.hijack import AttachResource
 from sdcd.api.logstream import LogWriter
 from sdcd.api.params import arg, flag, integer, json_body, no_content, read_json
 from sdcd.core import containerfilters
-from sdcd.core.containers import ContainerService
+from sdcd.core.containers import ZERO_TIME, ContainerService
 from sdcd.core.errors import InvalidArgument
 
 
@@ -195,6 +196,30 @@ class ContainerRoutes:
         writer.finish()
         return b""
 
+    @app.route("/<ref>/stats", methods=["GET"])
+    async def stats(self, request, ref: str) -> bytes:
+        """``docker stats``: a sample a second while ``stream`` (the default) and the
+        client stays; ``stream=0`` waits for a second sample so that CPU use can be
+        computed (as dockerd), unless ``one-shot``. A container that does not run gets
+        one zero sample."""
+        stream, one_shot = flag(request, "stream", default=True), flag(request, "one-shot")
+        if stream and one_shot:
+            raise InvalidArgument("cannot have stream=true and one-shot=true")
+        record, state = await self._containers.get(request.sdcd_account, ref)
+        request.setHeader(b"content-type", b"application/json")
+        previous = None
+        if not stream and not one_shot and state.status in ("running", "paused"):
+            previous = await self._containers.stats(record, None)
+            await _sleep(STATS_INTERVAL)
+        while not request.finished and not getattr(request, "_disconnected", False):
+            sample = await self._containers.stats(record, previous)
+            request.write(json.dumps(sample).encode() + b"\n")
+            if not stream or sample["read"] == ZERO_TIME:
+                break
+            previous = sample
+            await _sleep(STATS_INTERVAL)
+        return b""
+
     @app.route("/<ref>/attach", methods=["POST"])
     def attach(self, request, ref: str):
         return AttachResource(self._containers, ref)
@@ -202,6 +227,16 @@ class ContainerRoutes:
     @app.route("/<ref>/exec", methods=["POST"])
     async def exec_create(self, request, ref: str) -> bytes:
         return await self._exec_routes.create(request, ref)
+
+
+#: Seconds between two samples of a ``docker stats`` stream (dockerd's).
+STATS_INTERVAL = 1.0
+
+
+def _sleep(seconds: float) -> defer.Deferred:
+    from twisted.internet import reactor
+
+    return task.deferLater(reactor, seconds)
 
 
 def _tail(value: str | None) -> int | None:

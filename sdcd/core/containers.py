@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sdcd import timestamps
+from sdcd.compute import stats as stats_shape
 from sdcd.compute.interface import ComputeError
 from sdcd.core import createspec, names, packages
 from sdcd.core.errors import (
@@ -481,6 +482,14 @@ class ContainerService:
 
     async def disk_usage(self, record: ContainerRecord) -> dict:
         return await self._compute.disk_usage(record.id)
+
+    async def stats(self, record: ContainerRecord, previous: dict | None) -> dict:
+        """One ``docker stats`` sample from the node, with ``previous`` (the stream's last
+        sample) as its precpu part, named as the account knows the container."""
+        sample = await self._call(self._compute.stats, record.id)
+        sample = stats_shape.with_previous(sample, previous)
+        sample["name"] = "/" + record.name
+        return sample
 
     # -- node events ------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -737,3 +738,74 @@ def test_stats_stream_sends_a_sample_a_second(alice):
         out, _ = proc.communicate(timeout=10)
     assert out.decode().count(f"{n} 1") >= 2  # refreshed at least twice
     alice.ok("rm", "-f", n)
+
+
+# -- docker diff, docker export -------------------------------------------------------------
+
+
+def test_diff_lists_what_the_container_changed(alice, bob):
+    n = name()
+    script = "mkdir -p /new/dir && echo x > /new/dir/f && echo y >> /etc/passwd && rm /bin/ls"
+    alice.ok("run", "--name", n, "busybox", "sh", "-c", script)
+    lines = alice.ok("diff", n).splitlines()
+    assert lines == ["C /bin", "D /bin/ls", "C /etc", "C /etc/passwd",
+                     "A /new", "A /new/dir", "A /new/dir/f"]  # fmt: skip
+    assert not any(p in " ".join(lines) for p in ("/proc", "/sys", "/etc/hosts"))
+    assert bob.api("GET", f"/v1.41/containers/{n}/changes").status == 404
+    fresh = name()
+    alice.ok("create", "--name", fresh, "busybox", "true")
+    assert alice.api("GET", f"/v1.41/containers/{fresh}/changes").body.strip() == b"null"
+    alice.ok("rm", n, fresh)
+
+
+def test_export_streams_the_containers_filesystem(alice, tmp_path):
+    n = name()
+    alice.ok("run", "--name", n, "busybox", "sh", "-c",
+             "head -c 30000000 /dev/urandom > /big && ln -s /big /link && rm /bin/ls")  # fmt: skip
+    out = tmp_path / "c.tar"
+    r = subprocess.run(["docker", "export", "-o", str(out), n], env=alice.env(), timeout=120)
+    assert r.returncode == 0
+    import tarfile
+
+    with tarfile.open(out) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert members["big"].size == 30000000
+        assert members["link"].issym() and members["link"].linkname == "/big"
+        assert "bin/sh" in members and "bin/ls" not in members
+        assert "etc/" in members or "etc" in members
+    assert alice.docker("export", "nosuch").returncode != 0
+    alice.ok("rm", n)
+
+
+def test_export_to_a_slow_reader_that_leaves(sdcd, alice):
+    """The tar is made as the client reads it: a client that reads slowly holds the
+    node's thread (sdcd's memory stays put), one that leaves stops it."""
+    import socket
+
+    from tests.hijackclient import tls_context
+
+    n = name()
+    alice.ok("run", "--name", n, "busybox", "sh", "-c", "head -c 200000000 /dev/zero > /big")
+
+    def rss() -> int:
+        status = Path(f"/proc/{sdcd.proc.pid}/status").read_text()
+        return int(next(x.split()[1] for x in status.splitlines() if x.startswith("VmRSS:")))
+
+    before = rss()
+    context = tls_context(sdcd.ca_path, alice.identity)
+    raw = socket.create_connection(("localhost", sdcd.docker_port))
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    with context.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(f"GET /v1.41/containers/{n}/export HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = 0
+        for _ in range(20):
+            got += len(s.recv(16384))
+            time.sleep(0.05)
+        grown = rss() - before
+    assert got > 0 and grown < 64 * 1024, f"sdcd grew {grown} KiB for a slow reader"
+    wait_for(lambda: "ended: stopped, the client went away" in sdcd.log(), 10)  # the thread ended
+    # the client left: a new export still works, completely
+    r = subprocess.run(f"docker export {n} | wc -c", shell=True, capture_output=True,
+                       text=True, env=alice.env(), timeout=120)  # fmt: skip
+    assert int(r.stdout) > 200_000_000
+    alice.ok("rm", n)

@@ -196,6 +196,21 @@ class ContainerRoutes:
         writer.finish()
         return b""
 
+    @app.route("/<ref>/changes", methods=["GET"])
+    async def changes(self, request, ref: str) -> bytes:
+        found = await self._containers.changes(request.sdcd_account, ref)
+        return json_body(request, found or None)  # dockerd: null when nothing changed
+
+    @app.route("/<ref>/export", methods=["GET"])
+    async def export(self, request, ref: str) -> bytes:
+        """A tar of the container's filesystem, streamed (the node writes it as the
+        client reads it)."""
+        account = request.sdcd_account
+        await self._containers.get(account, ref)  # 404 before any byte is sent
+        request.setHeader(b"content-type", b"application/x-tar")
+        await self._containers.export(account, ref, _LeavingConsumer(request))
+        return b""
+
     @app.route("/<ref>/stats", methods=["GET"])
     async def stats(self, request, ref: str) -> bytes:
         """``docker stats``: a sample a second while ``stream`` (the default) and the
@@ -227,6 +242,39 @@ class ContainerRoutes:
     @app.route("/<ref>/exec", methods=["POST"])
     async def exec_create(self, request, ref: str) -> bytes:
         return await self._exec_routes.create(request, ref)
+
+
+class _LeavingConsumer:
+    """The request as a consumer that also stops its producer when the client goes away
+    (twisted.web does not tell a request's producer so)."""
+
+    def __init__(self, request) -> None:
+        self._request = request
+        self._producer = None
+        self._left = False
+        request.notifyFinish().addErrback(self._gone)
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self._producer = producer
+        self._request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        if not self._gone_already():
+            self._request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        if not self._gone_already():
+            self._request.write(data)
+
+    def _gone_already(self) -> bool:
+        # (Klein cancels the handler when the connection goes, before our errback runs)
+        return self._left or self._request.channel is None
+
+    def _gone(self, _reason) -> None:
+        self._left = True
+        if self._producer is not None:
+            self._producer.stopProducing()
 
 
 #: Seconds between two samples of a ``docker stats`` stream (dockerd's).

@@ -168,6 +168,14 @@ class ICompute(Interface):
         ``stats.with_previous``). A container that does not run gives dockerd's zero
         sample. Kind "not_found" for a container the node does not hold."""
 
+    def changes(cid):
+        """Deferred ``docker diff`` list: [{"Path", "Kind" (0 modified, 1 added, 2
+        deleted)}] of the container's filesystem against its image."""
+
+    def export(cid, consumer):
+        """Write a tar of the container's root filesystem to ``consumer`` (an IConsumer,
+        with back-pressure). Deferred None once written (or the consumer stopped it)."""
+
     def disk_usage(cid):
         """Deferred {"rw": bytes written by the container, "rootfs": rw + its image}."""
 

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sdcd import timestamps
+from sdcd.compute import changes as changes_module
 from sdcd.compute import etcfiles, network, rootfs, stats, stdio, users
 from sdcd.compute import spec as runtime_spec
 from sdcd.compute.conmon import ExitStatus, Runtime, RuntimeFailure
@@ -39,6 +40,7 @@ from sdcd.compute.host import host_facts
 from sdcd.compute.interface import ComputeError, ICompute
 from sdcd.compute.layers import LayerCache
 from sdcd.compute.logs import LogFollower
+from sdcd.compute.threadwriter import ExportStopped, ThreadedWriter
 
 BACKOFF_START = 0.1
 BACKOFF_CAP = 60.0
@@ -742,6 +744,43 @@ class LocalCompute:
             return stats.empty_sample(cid)
         return await stats.sample(cid)
 
+    async def changes(self, cid: str) -> list[dict]:
+        """``docker diff``: the container's upper directory against its image's layers,
+        leaving out the mount points the runtime made there (dockerd keeps those in its
+        init layer)."""
+        c = self._get(cid)
+        lowers = await self._lowers(c)
+        skip = [*_RUNTIME_MOUNTS, *c.spec.get("volumes", []), *c.spec.get("tmpfs", {})]
+        return await threads.deferToThread(_changes, c.dir / "upper", lowers, skip)
+
+    async def _lowers(self, c: _Container) -> list[Path]:
+        diff_ids = [layer["diff_id"] for layer in c.spec["image_layers"]]
+        if not diff_ids:
+            return []
+        cwd, names = self._layers.lower_dirs(diff_ids)
+        return [cwd / name for name in names]
+
+    async def export(self, cid: str, consumer) -> None:
+        """``docker export``: a tar of the container's root as mounted, written to
+        ``consumer`` (an IConsumer) from a thread, a chunk at a time: the thread waits
+        while the consumer has paused us, and stops if it stops us."""
+        c = self._get(cid)
+        await self._mount(c)
+        bridge = ThreadedWriter(self._reactor, consumer)
+        how = "complete"
+        try:
+            await threads.deferToThread(
+                changes_module.export_tar, c.dir / "bundle" / "rootfs", bridge.write
+            )
+        except ExportStopped:
+            how = "stopped, the client went away"
+        except defer.CancelledError:  # the request was cancelled with its connection
+            how = "stopped, the client went away"
+            raise
+        finally:
+            self.log.info("export of {cid} ended: {how}", cid=cid[:12], how=how)
+            bridge.done()
+
     async def disk_usage(self, cid: str) -> dict:
         c = self._get(cid)
         rw = await threads.deferToThread(_du, c.dir / "upper")
@@ -779,6 +818,16 @@ def _seconds_between(start: str | None, end: str | None) -> float:
         return timestamps.parse(end) - timestamps.parse(start)
     except (TypeError, ValueError, AttributeError):
         return 0.0
+
+
+#: Mount points runc makes in the container's upper directory when the image lacks them.
+_RUNTIME_MOUNTS = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+
+
+def _changes(upper: Path, lowers: list[Path], skip: list[str]) -> list[dict]:
+    """Mount points the image already had stay in the diff (a change to them is real)."""
+    absent = [p for p in skip if not any((lower / p.lstrip("/")).exists() for lower in lowers)]
+    return changes_module.changes(upper, lowers, absent)
 
 
 def _tty_size(spec: dict) -> tuple[int, int] | None:

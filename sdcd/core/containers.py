@@ -483,6 +483,14 @@ class ContainerService:
     async def disk_usage(self, record: ContainerRecord) -> dict:
         return await self._compute.disk_usage(record.id)
 
+    async def changes(self, account: Account, ref: str) -> list[dict]:
+        record, _ = await self.get(account, ref)
+        return await self._call(self._compute.changes, record.id)
+
+    async def export(self, account: Account, ref: str, consumer) -> None:
+        record, _ = await self.get(account, ref)
+        await self._call(self._compute.export, record.id, consumer)
+
     async def stats(self, record: ContainerRecord, previous: dict | None) -> dict:
         """One ``docker stats`` sample from the node, with ``previous`` (the stream's last
         sample) as its precpu part, named as the account knows the container."""

@@ -219,3 +219,23 @@ def test_export_keeps_file_capabilities(tmp_path: Path) -> None:
         member = tar.getmember("ping")
     raw = member.pax_headers["SCHILY.xattr.security.capability"]
     assert raw.encode("utf-8", "surrogateescape") == CAP_NET_RAW
+
+
+def test_layer_tar_turns_whiteouts_and_opaque_dirs_into_image_layer_entries(tmp_path):
+    import io
+
+    from sdcd.compute.changes import layer_tar
+
+    upper = tmp_path / "upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc" / "new").write_text("n")
+    os.mknod(upper / "etc" / "gone", 0o600 | stat.S_IFCHR, 0)
+    (upper / "opq").mkdir()
+    os.setxattr(upper / "opq", "trusted.overlay.opaque", b"y")
+    (upper / "proc").mkdir()
+    out = io.BytesIO()
+    layer_tar(upper, out.write, skip=["/proc"])
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        names = {m.name: m for m in tar.getmembers()}
+    assert set(names) == {"etc", "etc/new", "etc/.wh.gone", "opq", "opq/.wh..wh..opq"}
+    assert names["etc/.wh.gone"].isfile() and names["etc/.wh.gone"].size == 0

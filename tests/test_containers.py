@@ -809,3 +809,42 @@ def test_export_to_a_slow_reader_that_leaves(sdcd, alice):
                        text=True, env=alice.env(), timeout=120)  # fmt: skip
     assert int(r.stdout) > 200_000_000
     alice.ok("rm", n)
+
+
+# -- docker commit ----------------------------------------------------------------------------
+
+
+def test_commit_with_changes_runs_and_pushes(sdcd, alice, bob, registry):
+    n = name()
+    alice.ok("run", "--name", n, "busybox", "sh", "-c",
+             "echo committed > /hello && mkdir /data && rm /bin/ls")  # fmt: skip
+    repo = f"{registry.host}/committed{uuid.uuid4().hex[:6]}"
+    image_id = alice.ok(
+        "commit", "--change", 'CMD ["cat", "/hello"]', "--change", 'ENV GREETING="hi there"',
+        "--change", "EXPOSE 8080", "--change", "LABEL team=ops", "--change", "WORKDIR /data",
+        "-m", "a message", "-a", "me", n, f"{repo}:v1",
+    ).strip()  # fmt: skip
+    assert image_id.startswith("sha256:")
+    assert alice.ok("run", "--rm", f"{repo}:v1") == "committed\n"
+    r = alice.docker("run", "--rm", f"{repo}:v1", "sh", "-c", 'echo "$GREETING $(pwd)"; ls /bin/ls')
+    assert r.stdout == "hi there /data\n" and r.returncode != 0  # ls is gone: whiteout kept
+    info = json.loads(alice.ok("image", "inspect", f"{repo}:v1"))[0]
+    assert info["Config"]["ExposedPorts"] == {"8080/tcp": {}}
+    assert info["Config"]["Labels"] == {"team": "ops"}  # the package label is not kept
+    assert info["Comment"] == "a message" and info["Author"] == "me"
+    base_layers = json.loads(alice.ok("image", "inspect", "busybox"))[0]["RootFS"]["Layers"]
+    assert info["RootFS"]["Layers"][:-1] == base_layers
+    history = alice.ok("history", "--no-trunc", "--format", "{{.Comment}}", f"{repo}:v1")
+    assert history.splitlines()[0] == "a message"
+    # bad change, bad name: 400, nothing made
+    r = alice.docker("commit", "--change", "RUN true", n, "x:y")
+    assert r.returncode != 0 and "valid change command" in r.stderr
+    assert alice.docker("commit", n, "Bad Name").returncode != 0
+    assert bob.docker("commit", n, "stolen").returncode != 0  # not bob's container
+    # pushed and pulled by another account, it runs there
+    alice.ok("push", f"{repo}:v1")
+    bob.ok("pull", f"{repo}:v1")
+    assert bob.ok("run", "--rm", f"{repo}:v1") == "committed\n"
+    alice.ok("rm", n)
+    alice.ok("rmi", f"{repo}:v1")
+    bob.ok("rmi", f"{repo}:v1")

@@ -100,6 +100,12 @@ class DockerAPI:
                 timer.cancel()
         return b""
 
+    @app.route("/commit", methods=["POST"])
+    async def commit(self, request) -> bytes:
+        if self._containers is None:
+            raise NotImplementedYet("commit is not available")
+        return await self._containers.commit(request)
+
     @app.route("/containers/", branch=True)
     def containers(self, request):
         return self._containers.resource()

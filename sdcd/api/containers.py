@@ -196,6 +196,25 @@ class ContainerRoutes:
         writer.finish()
         return b""
 
+    async def commit(self, request) -> bytes:
+        """``POST /commit`` (served by DockerAPI): ``container``, ``repo``, ``tag``,
+        ``comment``, ``author``, ``changes`` (repeated), ``pause``; a body, if any, is a
+        container config that overrides the container's."""
+        ref = arg(request, "container")
+        if not ref:
+            raise InvalidArgument("Bad parameters: container is required")
+        options = {
+            "repo": arg(request, "repo") or "",
+            "tag": arg(request, "tag") or None,
+            "comment": arg(request, "comment") or "",
+            "author": arg(request, "author") or "",
+            "changes": [v.decode("utf-8", "replace") for v in request.args.get(b"changes", [])],
+            "pause": flag(request, "pause", default=True),
+            "config": read_json(request),
+        }
+        image_id = await self._containers.commit(request.sdcd_account, ref, options)
+        return json_body(request, {"Id": image_id}, 201)
+
     @app.route("/<ref>/changes", methods=["GET"])
     async def changes(self, request, ref: str) -> bytes:
         found = await self._containers.changes(request.sdcd_account, ref)

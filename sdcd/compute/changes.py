@@ -293,15 +293,7 @@ def export_tar(rootfs: Path, write: Callable[[bytes], None]) -> None:
     """Write the tar of ``rootfs`` (a container's mounted root) to ``write``, in chunks of
     about CHUNK bytes. Synchronous (run it in a thread); memory stays bounded whatever
     the file sizes. Entries that vanish while we walk are left out."""
-    sink = io.BufferedWriter(_Sink(write), buffer_size=CHUNK)
-    tar = tarfile.TarFile(
-        fileobj=sink,
-        mode="w",
-        format=tarfile.PAX_FORMAT,
-        encoding="utf-8",
-        errors="surrogateescape",
-        copybufsize=CHUNK,
-    )
+    tar, sink = _tar_writer(write)
     fd = os.open(rootfs, _DIR_FLAGS)
     try:
         _export_dir(tar, fd, "", {})
@@ -311,15 +303,55 @@ def export_tar(rootfs: Path, write: Callable[[bytes], None]) -> None:
     sink.flush()
 
 
-def _export_dir(tar: tarfile.TarFile, fd: int, prefix: str, links: dict) -> None:
+def _tar_writer(write: Callable[[bytes], None]) -> tuple[tarfile.TarFile, io.BufferedWriter]:
+    """A PAX tar writer whose bytes go to ``write`` in chunks of about CHUNK."""
+    sink = io.BufferedWriter(_Sink(write), buffer_size=CHUNK)
+    tar = tarfile.TarFile(
+        fileobj=sink,
+        mode="w",
+        format=tarfile.PAX_FORMAT,
+        encoding="utf-8",
+        errors="surrogateescape",
+        copybufsize=CHUNK,
+    )
+    return tar, sink
+
+
+def layer_tar(upper: Path, write: Callable[[bytes], None], skip: Collection[str] = ()) -> None:
+    """The image layer ``docker commit`` makes of a container: its upper directory as a
+    tar, overlay's whiteouts (0/0 character devices) as ``.wh.<name>`` files and opaque
+    directories with a ``.wh..wh..opq`` entry, leaving out ``skip`` (absolute paths: the
+    mount points the runtime made). Synchronous; chunks as ``export_tar``."""
+    tar, sink = _tar_writer(write)
+    fd = os.open(upper, _DIR_FLAGS)
+    try:
+        _export_dir(tar, fd, "", {}, layer={p.strip("/") for p in skip})
+    finally:
+        os.close(fd)
+    tar.close()
+    sink.flush()
+
+
+def _export_dir(
+    tar: tarfile.TarFile, fd: int, prefix: str, links: dict, layer: set | None = None
+) -> None:
     """Add a directory's entries, each directory followed by its contents (Go's
-    WalkDir order)."""
+    WalkDir order). ``layer`` (the paths to skip) makes an image layer of an upper
+    directory: whiteouts and opaque directories in the image-layer form."""
     for name in _sorted_names(fd):
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             continue
         path = prefix + name
+        if layer is not None:
+            if path in layer:
+                continue
+            if _is_whiteout(st):
+                info = _header(prefix + ".wh." + name, st)
+                info.type, info.size, info.devmajor, info.devminor = tarfile.REGTYPE, 0, 0, 0
+                tar.addfile(info)
+                continue
         if stat.S_ISDIR(st.st_mode):
             try:
                 child = os.open(name, _DIR_FLAGS, dir_fd=fd)
@@ -327,7 +359,11 @@ def _export_dir(tar: tarfile.TarFile, fd: int, prefix: str, links: dict) -> None
                 continue
             try:
                 tar.addfile(_header(path, st))
-                _export_dir(tar, child, path + "/", links)
+                if layer is not None and _is_opaque(child):
+                    opaque = _header(path + "/.wh..wh..opq", st)
+                    opaque.type, opaque.size = tarfile.REGTYPE, 0
+                    tar.addfile(opaque)
+                _export_dir(tar, child, path + "/", links, layer)
             finally:
                 os.close(child)
         elif stat.S_ISREG(st.st_mode):
@@ -395,4 +431,4 @@ def _header(path: str, st: os.stat_result) -> tarfile.TarInfo:
     return info
 
 
-__all__ = ["ADDED", "DELETED", "MODIFIED", "changes", "export_tar"]
+__all__ = ["ADDED", "DELETED", "MODIFIED", "changes", "export_tar", "layer_tar"]

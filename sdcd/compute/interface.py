@@ -172,6 +172,10 @@ class ICompute(Interface):
         """Deferred ``docker diff`` list: [{"Path", "Kind" (0 modified, 1 added, 2
         deleted)}] of the container's filesystem against its image."""
 
+    def commit_layer(cid):
+        """Deferred {"digest", "diff_id", "size", "media_type"}: the container's changes
+        as a gzipped image layer, published in the datacenter's blob store."""
+
     def export(cid, consumer):
         """Write a tar of the container's root filesystem to ``consumer`` (an IConsumer,
         with back-pressure). Deferred None once written (or the consumer stopped it)."""

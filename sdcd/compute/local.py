@@ -18,10 +18,13 @@ running ones, records the exits it missed and applies restart policies to them.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -760,6 +763,15 @@ class LocalCompute:
         cwd, names = self._layers.lower_dirs(diff_ids)
         return [cwd / name for name in names]
 
+    async def commit_layer(self, cid: str) -> dict:
+        """``docker commit``: the container's changes as a gzipped image layer, published
+        in the blob store. {"digest", "diff_id", "size", "media_type"}."""
+        c = self._get(cid)
+        lowers = await self._lowers(c)
+        skip = [*_RUNTIME_MOUNTS, *c.spec.get("volumes", []), *c.spec.get("tmpfs", {})]
+        absent = _absent_mount_points(skip, lowers)
+        return await threads.deferToThread(_write_layer, c.dir / "upper", absent, self._blob_path)
+
     async def export(self, cid: str, consumer) -> None:
         """``docker export``: a tar of the container's root as mounted, written to
         ``consumer`` (an IConsumer) from a thread, a chunk at a time: the thread waits
@@ -824,10 +836,65 @@ def _seconds_between(start: str | None, end: str | None) -> float:
 _RUNTIME_MOUNTS = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 
 
+def _absent_mount_points(skip: list[str], lowers: list[Path]) -> list[str]:
+    """Mount points the image lacked (runc made them): mount points the image already
+    had stay in a diff or a layer (a change to them is real)."""
+    return [p for p in skip if not any((lower / p.lstrip("/")).exists() for lower in lowers)]
+
+
 def _changes(upper: Path, lowers: list[Path], skip: list[str]) -> list[dict]:
-    """Mount points the image already had stay in the diff (a change to them is real)."""
-    absent = [p for p in skip if not any((lower / p.lstrip("/")).exists() for lower in lowers)]
-    return changes_module.changes(upper, lowers, absent)
+    return changes_module.changes(upper, lowers, _absent_mount_points(skip, lowers))
+
+
+def _write_layer(upper: Path, skip: list[str], blob_path) -> dict:
+    """Gzip the layer tar of ``upper`` into a temporary file beside the blob store,
+    hashing the tar (diff_id) and the gzip (digest) as they are written; then publish it
+    under its digest (atomic rename after fsync)."""
+    directory = blob_path("sha256:" + "0" * 64).parent.parent / "tmp"  # cleared at start
+    directory.mkdir(parents=True, exist_ok=True)
+    diff = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="layer-")
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            hashing = _HashingFile(raw)
+            with gzip.GzipFile(fileobj=hashing, mode="wb", compresslevel=1, mtime=0) as gz:
+
+                def write(chunk: bytes) -> None:
+                    diff.update(chunk)
+                    gz.write(chunk)
+
+                changes_module.layer_tar(upper, write, skip)
+            raw.flush()
+            os.fsync(raw.fileno())
+        digest = "sha256:" + hashing.sha.hexdigest()
+        os.replace(tmp, blob_path(digest))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return {
+        "digest": digest,
+        "diff_id": "sha256:" + diff.hexdigest(),
+        "size": hashing.size,
+        "media_type": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    }
+
+
+class _HashingFile:
+    """A write-only file that hashes and counts what goes through it."""
+
+    def __init__(self, raw) -> None:
+        self._raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self._raw.write(data)
+
+    def flush(self) -> None:
+        self._raw.flush()
 
 
 def _tty_size(spec: dict) -> tuple[int, int] | None:

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from sdcd import timestamps
 from sdcd.compute import stats as stats_shape
 from sdcd.compute.interface import ComputeError
-from sdcd.core import createspec, names, packages
+from sdcd.core import commit, createspec, names, packages
 from sdcd.core.errors import (
     Conflict,
     CoreError,
@@ -32,7 +32,7 @@ from sdcd.core.errors import (
 from sdcd.core.events import EventLog, container_event
 from sdcd.core.images import ImageService, require_provisioning, short_id
 from sdcd.store.interface import AlreadyExists
-from sdcd.store.records import Account, ContainerRecord, ContainerState
+from sdcd.store.records import Account, ContainerRecord, ContainerState, LayerRecord
 
 PACKAGE_LABEL = "com.joyent.package"
 NETWORK_NAME = "bridge"
@@ -482,6 +482,44 @@ class ContainerService:
 
     async def disk_usage(self, record: ContainerRecord) -> dict:
         return await self._compute.disk_usage(record.id)
+
+    async def commit(self, account: Account, ref: str, options: dict) -> str:
+        """``docker commit``: the container's changes as a new layer on its image, with
+        ``options["changes"]`` applied to its config; the image is the account's. A
+        running container is paused meanwhile (``pause``, default) for a consistent
+        layer. ``options``: repo, tag, author, comment, changes (list), pause, config."""
+        require_provisioning(account)
+        name = self._images.check_name(options.get("repo") or "", options.get("tag"))
+        record, state = await self.get(account, ref)
+        config = commit.apply_changes(
+            {**record.config, **(options.get("config") or {})}, options.get("changes") or []
+        )
+        labels = {k: v for k, v in (config.get("Labels") or {}).items() if k != PACKAGE_LABEL}
+        config["Labels"] = labels or None
+        base = await self._images.resolve(account, record.image_id)
+        pause = options.get("pause", True) and state.status == "running"
+        if pause:
+            await self._call(self._compute.pause, record.id)
+        try:
+            layer = await self._call(self._compute.commit_layer, record.id)
+        finally:
+            if pause:
+                await self._call(self._compute.unpause, record.id)
+        new_config = commit.image_config(
+            self._images.config(base),
+            config,
+            layer["diff_id"],
+            container_id=record.id,
+            created=timestamps.now(),
+            author=options.get("author") or "",
+            comment=options.get("comment") or "",
+            created_by=" ".join(record.args),
+        )
+        layers = (*base.layers, LayerRecord(layer["digest"], layer["diff_id"], layer["size"],
+                                            layer["media_type"]))  # fmt: skip
+        image_id = await self._images.add_image(account, new_config, layers, base.id, name)
+        self.publish(record, "commit", {"comment": options.get("comment") or ""})
+        return image_id
 
     async def changes(self, account: Account, ref: str) -> list[dict]:
         record, _ = await self.get(account, ref)

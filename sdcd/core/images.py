@@ -8,6 +8,7 @@ that another pull is already fetching is waited for, not fetched twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -416,6 +417,38 @@ class ImageService:
                 progress(f"Loaded image: {refs.parse(tag).familiar}\n")
             if not image.repo_tags:
                 progress(f"Loaded image ID: {image.config_digest}\n")
+
+    def check_name(self, repo: str, tag: str | None) -> str | None:
+        """``repo[:tag]`` as stored (400 for a bad one); None without a repo."""
+        if not repo:
+            if tag:
+                raise InvalidArgument("tag requires a repository name")
+            return None
+        try:
+            return str(refs.parse(f"{repo}:{tag or 'latest'}"))
+        except refs.ReferenceError as e:
+            raise InvalidArgument(f"invalid reference format: {e}") from None
+
+    async def add_image(
+        self, account: Account, config: dict, layers: tuple[LayerRecord, ...], parent: str,
+        name: str | None,
+    ) -> str:  # fmt: skip
+        """Record a new image of the account (``docker commit``; its layer blobs are in
+        the store already): the config blob, then the record and its tag."""
+        raw = json.dumps(config, separators=(",", ":")).encode()
+        image_id = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if not self._blobs.has(image_id):
+            await self._blobs.put(image_id, raw)
+        record = ImageRecord(
+            id=image_id,
+            layers=layers,
+            created=config.get("created") or timestamps.now(),
+            size=sum(la.size for la in layers),
+            added=timestamps.now(),
+            parent=parent,
+        )
+        await self._records.put_image(account.login, record, [name] if name else [], [])
+        return image_id
 
     async def login(self, account: Account, creds: Credentials) -> None:
         """``docker login``: ask the registry named by ``serveraddress`` (Docker Hub when

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import io
 import ipaddress
 import json
 import os
 import random
 import secrets
 import subprocess
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -141,6 +143,9 @@ class ComputeHarness(Protocol):
 
     def put_file(self, cid: str, path: str, data: bytes, mode: int) -> None:
         """Write a file into the (prepared, mounted) root filesystem of ``cid``."""
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the datacenter's blob store keeps ``digest`` (layers a commit made)."""
 
 
 def base_spec(cid: str, args: list[str], net: dict, layers: list[dict], **kw: Any) -> dict:
@@ -740,6 +745,52 @@ class IComputeTests:
         after = await within(harness.compute.disk_usage(cid))
         assert after["rw"] - before["rw"] >= 512 * 1024
         assert after["rootfs"] - after["rw"] == before["rootfs"] - before["rw"]
+
+    @pytest_twisted.ensureDeferred
+    async def test_changes_commit_layer_and_export(self, harness):
+        events = Events()
+        harness.compute.subscribe(events)
+        cid = await self.created(harness, ["sh", "-c", "echo made > /made; rm /bin/ls"])
+        await within(harness.compute.start(cid))
+        await events.wait(cid, "die")
+        found = await within(harness.compute.changes(cid))
+        assert {"Path": "/made", "Kind": 1} in found and {"Path": "/bin/ls", "Kind": 2} in found
+        assert not any(c["Path"] in ("/proc", "/etc/hosts") for c in found)
+        layer = await within(harness.compute.commit_layer(cid))
+        with tarfile.open(harness.blob_path(layer["digest"]), "r:gz") as tar:
+            names = set(tar.getnames())
+        assert {"made", "bin/.wh.ls"} <= names and layer["diff_id"].startswith("sha256:")
+
+        class Collect:
+            def __init__(self) -> None:
+                self.data = bytearray()
+
+            def registerProducer(self, producer, streaming):
+                pass
+
+            def unregisterProducer(self):
+                pass
+
+            def write(self, data):
+                self.data += data
+
+        collected = Collect()
+        await within(harness.compute.export(cid, collected))
+        with tarfile.open(fileobj=io.BytesIO(bytes(collected.data))) as tar:
+            names = set(tar.getnames())
+        assert "made" in names and "bin/sh" in names and "bin/ls" not in names
+
+    @pytest_twisted.ensureDeferred
+    async def test_stats(self, harness):
+        cid = await self.created(harness, SLEEP)
+        idle = await within(harness.compute.stats(cid))
+        assert idle["cpu_stats"]["cpu_usage"]["total_usage"] == 0
+        await within(harness.compute.start(cid))
+        sample = await within(harness.compute.stats(cid))
+        assert sample["pids_stats"]["current"] >= 1 and sample["memory_stats"]["usage"] > 0
+        with pytest.raises(ComputeError) as e:
+            await within(harness.compute.stats(secrets.token_hex(32)))
+        assert e.value.kind == "not_found"
 
 
 # -- LocalCompute ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import request
 from tests.conftest import Daemon, needs_root, running_daemon, wait_for
 from tests.dockercli import User, busybox_user
 
@@ -848,3 +849,52 @@ def test_commit_with_changes_runs_and_pushes(sdcd, alice, bob, registry):
     alice.ok("rm", n)
     alice.ok("rmi", f"{repo}:v1")
     bob.ok("rmi", f"{repo}:v1")
+
+
+# -- docker cp ------------------------------------------------------------------------------
+
+
+def test_cp_both_ways_running_and_stopped(alice, bob, tmp_path):
+    n = name()
+    script = "mkdir -p /srv/d && echo in-container > /srv/d/f && ln -s / /escape && sleep 100"
+    alice.ok("run", "-d", "--name", n, "busybox", "sh", "-c", script)
+    wait_for(lambda: alice.docker("exec", n, "test", "-L", "/escape").returncode == 0, 10)
+    alice.ok("cp", f"{n}:/srv/d", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "f").read_text() == "in-container\n"
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "g").write_text("from-host\n")
+    (src / "sub" / "g").chmod(0o640)
+    alice.ok("cp", str(src / "sub"), f"{n}:/srv/")
+    assert alice.ok("exec", n, "cat", "/srv/sub/g") == "from-host\n"
+    assert alice.ok("exec", n, "stat", "-c", "%a", "/srv/sub/g").strip() == "640"
+    # a symlink to / stays inside the container's root
+    alice.ok("cp", f"{n}:/escape/srv/d/f", str(tmp_path / "via-link"))
+    assert (tmp_path / "via-link").read_text() == "in-container\n"
+    assert alice.docker("cp", f"{n}:/nosuch", str(tmp_path / "x")).returncode != 0
+    assert bob.docker("cp", f"{n}:/srv/d", str(tmp_path / "bob")).returncode != 0
+    alice.ok("stop", "-t", "0", n)  # stopped: both ways still work
+    (tmp_path / "h").write_text("later\n")
+    alice.ok("cp", str(tmp_path / "h"), f"{n}:/srv/h")
+    alice.ok("cp", f"{n}:/srv/h", str(tmp_path / "h2"))
+    assert (tmp_path / "h2").read_text() == "later\n"
+    alice.ok("rm", n)
+
+
+def test_cp_refuses_a_tar_that_escapes(alice):
+    import io
+    import tarfile
+
+    n = name()
+    alice.ok("create", "--name", n, "busybox", "true")
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for entry in ("ok", "../evil"):
+            info = tarfile.TarInfo(entry)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"x\n"))
+    r = request(alice.sdcd.docker_port, "PUT", f"/v1.41/containers/{n}/archive?path=/tmp",
+                ca=alice.sdcd.ca_path, identity=alice.identity, body=data.getvalue())  # fmt: skip
+    assert r.status == 400, r.body
+    assert alice.docker("cp", f"{n}:/tmp/ok", "-").returncode != 0  # nothing was written
+    alice.ok("rm", n)

@@ -3,6 +3,7 @@ render as dockerd does for the request's API version."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -215,6 +216,31 @@ class ContainerRoutes:
         image_id = await self._containers.commit(request.sdcd_account, ref, options)
         return json_body(request, {"Id": image_id}, 201)
 
+    @app.route("/<ref>/archive", methods=["HEAD", "GET"])
+    async def archive_get(self, request, ref: str) -> bytes:
+        """``docker cp c:path``: the path's stat in ``X-Docker-Container-Path-Stat``, and
+        for GET the tar, streamed as the client reads it."""
+        account, path = request.sdcd_account, _archive_path(request)
+        found = await self._containers.archive_stat(account, ref, path)
+        header = base64.b64encode(json.dumps(found).encode())
+        request.setHeader(b"x-docker-container-path-stat", header)
+        request.setHeader(b"content-type", b"application/x-tar")
+        if request.method == b"GET":
+            await self._containers.archive_get(account, ref, path, _LeavingConsumer(request))
+        return b""
+
+    @app.route("/<ref>/archive", methods=["PUT"])
+    async def archive_put(self, request, ref: str) -> bytes:
+        """``docker cp - c:path``: the body (twisted.web has it in a file) extracted."""
+        body = request.content
+        body.seek(0)
+        await self._containers.archive_put(
+            request.sdcd_account, ref, _archive_path(request), body.read,
+            flag(request, "noOverwriteDirNonDir"),
+        )  # fmt: skip
+        request.setResponseCode(200)
+        return b""
+
     @app.route("/<ref>/changes", methods=["GET"])
     async def changes(self, request, ref: str) -> bytes:
         found = await self._containers.changes(request.sdcd_account, ref)
@@ -261,6 +287,13 @@ class ContainerRoutes:
     @app.route("/<ref>/exec", methods=["POST"])
     async def exec_create(self, request, ref: str) -> bytes:
         return await self._exec_routes.create(request, ref)
+
+
+def _archive_path(request) -> str:
+    path = arg(request, "path")
+    if not path:
+        raise InvalidArgument("Bad parameters: path is required")
+    return path
 
 
 class _LeavingConsumer:

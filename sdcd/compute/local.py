@@ -35,8 +35,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sdcd import timestamps
+from sdcd.compute import archive, etcfiles, network, rootfs, stats, stdio, users
 from sdcd.compute import changes as changes_module
-from sdcd.compute import etcfiles, network, rootfs, stats, stdio, users
 from sdcd.compute import spec as runtime_spec
 from sdcd.compute.conmon import ExitStatus, Runtime, RuntimeFailure
 from sdcd.compute.host import host_facts
@@ -771,6 +771,45 @@ class LocalCompute:
         skip = [*_RUNTIME_MOUNTS, *c.spec.get("volumes", []), *c.spec.get("tmpfs", {})]
         absent = _absent_mount_points(skip, lowers)
         return await threads.deferToThread(_write_layer, c.dir / "upper", absent, self._blob_path)
+
+    async def archive_stat(self, cid: str, path: str) -> dict:
+        """``docker cp``'s PathStat of ``path`` inside the container (running or not)."""
+        c = self._get(cid)
+        await self._mount(c)
+        return await self._archive(archive.stat_path, c.dir / "bundle" / "rootfs", path)
+
+    async def archive_get(self, cid: str, path: str, consumer) -> None:
+        """``docker cp c:path -``: the tar, written to ``consumer`` with back-pressure."""
+        c = self._get(cid)
+        await self._mount(c)
+        root = c.dir / "bundle" / "rootfs"
+        await self._archive(archive.stat_path, root, path)  # 404 before any byte
+        bridge = ThreadedWriter(self._reactor, consumer)
+        try:
+            await self._archive(archive.read_tar, root, path, bridge.write)
+        except ExportStopped:
+            pass
+        finally:
+            bridge.done()
+
+    async def archive_put(self, cid: str, path: str, read, no_overwrite: bool) -> None:
+        """``docker cp - c:path``: extract the tar ``read(n)`` gives (called in a thread)
+        into the directory ``path``; checked whole before anything is written."""
+        c = self._get(cid)
+        await self._mount(c)
+        root = c.dir / "bundle" / "rootfs"
+        await self._archive(archive.write_tar, root, path, read, no_overwrite)
+
+    @staticmethod
+    async def _archive(function, *args):
+        try:
+            return await threads.deferToThread(function, *args)
+        except archive.ArchiveError as e:
+            raise ComputeError(e.message, e.kind) from None
+        except FileNotFoundError:
+            raise ComputeError(
+                f"Could not find the file {args[1]} in container", "not_found"
+            ) from None
 
     async def export(self, cid: str, consumer) -> None:
         """``docker export``: a tar of the container's root as mounted, written to

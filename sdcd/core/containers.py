@@ -24,6 +24,7 @@ from sdcd.core import commit, createspec, names, packages
 from sdcd.core.errors import (
     Conflict,
     CoreError,
+    Forbidden,
     InvalidArgument,
     NotFound,
     NotImplementedYet,
@@ -520,6 +521,31 @@ class ContainerService:
         image_id = await self._images.add_image(account, new_config, layers, base.id, name)
         self.publish(record, "commit", {"comment": options.get("comment") or ""})
         return image_id
+
+    async def archive_stat(self, account: Account, ref: str, path: str) -> dict:
+        record, _ = await self.get(account, ref)
+        return await self._archive(self._compute.archive_stat, record.id, path)
+
+    async def archive_get(self, account: Account, ref: str, path: str, consumer) -> None:
+        record, _ = await self.get(account, ref)
+        await self._archive(self._compute.archive_get, record.id, path, consumer)
+
+    async def archive_put(self, account: Account, ref: str, path: str, read, no_overwrite) -> None:
+        """Copy into the container; refused for a read-only root, as dockerd."""
+        record, _ = await self.get(account, ref)
+        if record.host_config.get("ReadonlyRootfs"):
+            raise Forbidden("container rootfs is marked read-only")
+        await self._archive(self._compute.archive_put, record.id, path, read, no_overwrite)
+
+    @staticmethod
+    async def _archive(method, cid: str, *args):
+        """Node errors about a path are about the path, not the container."""
+        try:
+            return await method(cid, *args)
+        except ComputeError as e:
+            if e.kind == "not_found":
+                raise NotFound(e.message) from None
+            raise compute_error(e, cid) from None
 
     async def changes(self, account: Account, ref: str) -> list[dict]:
         record, _ = await self.get(account, ref)

@@ -480,6 +480,10 @@ async def exec_start(
     run it; the exec is then recorded with exit code 126 or 127)."""
     tty = bool(process.get("terminal"))
     attached = sink is not None
+    if size is not None and tty:
+        # runc sizes the pty itself before the process runs (conmon's ctl fifo is read
+        # only after runc exec has started it: a first ``stty size`` could see 0x0).
+        process = dict(process, consoleSize={"height": int(size[0]), "width": int(size[1])})
     launch = await runtime.exec_launch(cid, exec_id, process, tty=tty, stdin=stdin and attached)
     session = StdioSession(
         runtime.reactor, sink, stdin=stdin and attached, stdout=stdout, stderr=stderr

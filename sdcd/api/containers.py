@@ -18,6 +18,7 @@ from sdcd.api.filters import parse_filters
 from sdcd.api.hijack import AttachResource
 from sdcd.api.logstream import LogWriter
 from sdcd.api.params import arg, flag, integer, json_body, no_content, read_json
+from sdcd.api.streams import RequestConsumer
 from sdcd.core import containerfilters
 from sdcd.core.containers import ZERO_TIME, ContainerService
 from sdcd.core.errors import InvalidArgument
@@ -226,7 +227,7 @@ class ContainerRoutes:
         request.setHeader(b"x-docker-container-path-stat", header)
         request.setHeader(b"content-type", b"application/x-tar")
         if request.method == b"GET":
-            await self._containers.archive_get(account, ref, path, _LeavingConsumer(request))
+            await self._containers.archive_get(account, ref, path, RequestConsumer(request))
         return b""
 
     @app.route("/<ref>/archive", methods=["PUT"])
@@ -253,7 +254,7 @@ class ContainerRoutes:
         account = request.sdcd_account
         await self._containers.get(account, ref)  # 404 before any byte is sent
         request.setHeader(b"content-type", b"application/x-tar")
-        await self._containers.export(account, ref, _LeavingConsumer(request))
+        await self._containers.export(account, ref, RequestConsumer(request))
         return b""
 
     @app.route("/<ref>/stats", methods=["GET"])
@@ -294,39 +295,6 @@ def _archive_path(request) -> str:
     if not path:
         raise InvalidArgument("Bad parameters: path is required")
     return path
-
-
-class _LeavingConsumer:
-    """The request as a consumer that also stops its producer when the client goes away
-    (twisted.web does not tell a request's producer so)."""
-
-    def __init__(self, request) -> None:
-        self._request = request
-        self._producer = None
-        self._left = False
-        request.notifyFinish().addErrback(self._gone)
-
-    def registerProducer(self, producer, streaming: bool) -> None:
-        self._producer = producer
-        self._request.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self._producer = None
-        if not self._gone_already():
-            self._request.unregisterProducer()
-
-    def write(self, data: bytes) -> None:
-        if not self._gone_already():
-            self._request.write(data)
-
-    def _gone_already(self) -> bool:
-        # (Klein cancels the handler when the connection goes, before our errback runs)
-        return self._left or self._request.channel is None
-
-    def _gone(self, _reason) -> None:
-        self._left = True
-        if self._producer is not None:
-            self._producer.stopProducing()
 
 
 #: Seconds between two samples of a ``docker stats`` stream (dockerd's).

@@ -73,16 +73,50 @@ class JSONStream:
         self.send(progress_message(p))
 
 
+class RequestConsumer:
+    """A request as the consumer of a streamed body (export, cp, save) that also stops
+    its producer when the client goes away: twisted.web does not tell a request's
+    producer so, and without it a thread making the body would run to its end."""
+
+    def __init__(self, request) -> None:
+        self._request = request
+        self._producer = None
+        self._left = False
+        request.notifyFinish().addErrback(self._gone)
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self._producer = producer
+        self._request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        if not self._gone_already():
+            self._request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        if not self._gone_already():
+            self._request.write(data)
+
+    def _gone_already(self) -> bool:
+        # (Klein cancels the handler when the connection goes, before our errback runs)
+        return self._left or self._request.channel is None
+
+    def _gone(self, _reason) -> None:
+        self._left = True
+        if self._producer is not None:
+            self._producer.stopProducing()
+
+
 @implementer(IPushProducer)
 class ChunkWriter:
     """Writes chunks made in a thread to a request, waiting while the client's
     connection is paused: a slow client slows the archive, not sdcd's memory."""
 
     def __init__(self, request) -> None:
-        self._request = request
+        self._request = RequestConsumer(request)
         self._resumed: defer.Deferred | None = None
         self.stopped = False
-        request.registerProducer(self, True)
+        self._request.registerProducer(self, True)
 
     def pauseProducing(self) -> None:
         if self._resumed is None:

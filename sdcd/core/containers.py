@@ -524,28 +524,20 @@ class ContainerService:
 
     async def archive_stat(self, account: Account, ref: str, path: str) -> dict:
         record, _ = await self.get(account, ref)
-        return await self._archive(self._compute.archive_stat, record.id, path)
+        return await self._call(self._compute.archive_stat, record.id, path, path_errors=True)
 
     async def archive_get(self, account: Account, ref: str, path: str, consumer) -> None:
         record, _ = await self.get(account, ref)
-        await self._archive(self._compute.archive_get, record.id, path, consumer)
+        await self._call(self._compute.archive_get, record.id, path, consumer, path_errors=True)
 
     async def archive_put(self, account: Account, ref: str, path: str, read, no_overwrite) -> None:
         """Copy into the container; refused for a read-only root, as dockerd."""
         record, _ = await self.get(account, ref)
         if record.host_config.get("ReadonlyRootfs"):
             raise Forbidden("container rootfs is marked read-only")
-        await self._archive(self._compute.archive_put, record.id, path, read, no_overwrite)
-
-    @staticmethod
-    async def _archive(method, cid: str, *args):
-        """Node errors about a path are about the path, not the container."""
-        try:
-            return await method(cid, *args)
-        except ComputeError as e:
-            if e.kind == "not_found":
-                raise NotFound(e.message) from None
-            raise compute_error(e, cid) from None
+        await self._call(
+            self._compute.archive_put, record.id, path, read, no_overwrite, path_errors=True
+        )
 
     async def changes(self, account: Account, ref: str) -> list[dict]:
         record, _ = await self.get(account, ref)
@@ -655,10 +647,15 @@ class ContainerService:
         await self._store.set_container_state(record.login, record.id, lost)
 
     @staticmethod
-    async def _call(method, *args):
+    async def _call(method, *args, path_errors: bool = False):
+        """Call the node about container ``args[0]``; its errors as core errors. With
+        ``path_errors`` a "not found" is about the path asked for (the container was
+        found), and says so in the node's words."""
         try:
             return await method(*args)
         except ComputeError as e:
+            if path_errors and e.kind == "not_found":
+                raise NotFound(e.message) from None
             raise compute_error(e, args[0]) from None
 
 

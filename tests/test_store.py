@@ -245,3 +245,13 @@ async def test_exec_needs_its_container_and_goes_with_it(store):
     assert await store.count_execs("alice", record.id) == 0
     assert not await store.update_exec(ran)  # a late update does not resurrect it
     assert await store.get_exec("alice", "e1") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_build_cache_is_per_account(store):
+    assert await store.get_build_cache("alice", "k1") is None
+    await store.put_build_cache("alice", "k1", "sha256:" + "a" * 64)
+    assert await store.get_build_cache("alice", "k1") == "sha256:" + "a" * 64
+    assert await store.get_build_cache("bob", "k1") is None
+    await store.put_build_cache("alice", "k1", "sha256:" + "b" * 64)
+    assert await store.get_build_cache("alice", "k1") == "sha256:" + "b" * 64

@@ -84,6 +84,13 @@ class IImageRecords(Interface):
         """Remove the record, its names and its blob references; fire with the blobs no
         record references any more (the caller deletes them)."""
 
+    def get_build_cache(login, key):
+        """The image id a ``docker build`` step with this cache key made for the account,
+        or None (entries expire after ``BUILD_CACHE_SECONDS`` unused)."""
+
+    def put_build_cache(login, key, image_id):
+        """Remember the image a build step made, for the account's later builds."""
+
     def blob_referenced(digest):
         """Whether any record of any account references the blob."""
 

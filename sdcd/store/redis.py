@@ -173,6 +173,11 @@ def _image(raw: str, names) -> ImageRecord:
     )
 
 
+#: A build cache entry unused this long is forgotten (a step's key is one string per
+#: account; entries of deleted images are ignored when read and expire with time).
+BUILD_CACHE_SECONDS = 30 * 24 * 3600
+
+
 @implementer(IStateStore, IImageRecords, IContainerRecords, IExecRecords)
 class RedisStateStore(ContainerRecordsMixin, ExecRecordsMixin):
     """The state store over a connected txredisapi pool."""
@@ -304,6 +309,17 @@ class RedisStateStore(ContainerRecordsMixin, ExecRecordsMixin):
             [image_id, f"{login}/{image_id}", self._prefix, self._inames(login), *image.blobs],
         )
         return sorted(set(orphaned or []))
+
+    async def get_build_cache(self, login: str, key: str):
+        name = self._key("buildcache", login, key)
+        image_id = await self._redis.get(name)
+        if image_id is not None:
+            await self._redis.expire(name, BUILD_CACHE_SECONDS)
+        return image_id
+
+    async def put_build_cache(self, login: str, key: str, image_id: str):
+        await self._redis.set(self._key("buildcache", login, key), image_id,
+                              expire=BUILD_CACHE_SECONDS)  # fmt: skip
 
     async def blob_referenced(self, digest: str) -> bool:
         return bool(await self._redis.scard(self._key("blobrefs", digest)))

@@ -544,7 +544,15 @@ class ImageService:
         ``{"Untagged": ...}``/``{"Deleted": ...}``."""
         image = await self.resolve(account, name)
         by_name = self._is_name(name, image)
-        if not by_name or len(image.repo_tags) + len(image.repo_digests) <= 1:
+        has_children = any(i.parent == image.id for i in await self.list(account))
+        if has_children and not by_name:
+            raise Conflict(
+                f"conflict: unable to delete {short_id(image.id)} (cannot be forced) - image "
+                "has dependent child images"
+            )
+        if not has_children and (
+            not by_name or len(image.repo_tags) + len(image.repo_digests) <= 1
+        ):
             await self._check_unused(account, image, force)
         report: list[dict] = []
         if by_name:
@@ -564,11 +572,33 @@ class ImageService:
             for name_ in (*image.repo_tags, *image.repo_digests):
                 await self._records.untag(account.login, name_)
                 report.append({"Untagged": _familiar(name_)})
+        if has_children:
+            return report  # untagged; its child images still need it
+        await self._delete(account, image, report)
+        await self._prune_parents(account, image.parent, report)
+        return report
+
+    async def _delete(self, account: Account, image: ImageRecord, report: list[dict]) -> None:
         orphaned = await self._records.delete_image(account.login, image.id)
         report.append({"Deleted": image.id})
         for digest in orphaned:
             await self._blobs.delete(digest)
-        return report
+
+    async def _prune_parents(self, account: Account, parent: str, report: list[dict]) -> None:
+        """dockerd's rmi also deletes the untagged parents nothing else needs: the
+        intermediate images of a ``docker build``."""
+        while parent:
+            image = await self._records.get_image(account.login, parent)
+            if image is None or image.repo_tags or image.repo_digests:
+                return
+            images = await self.list(account)
+            if any(i.parent == image.id for i in images):
+                return
+            containers = await self._records.list_containers(account.login)
+            if any(record.image_id == image.id for record, _state in containers):
+                return
+            await self._delete(account, image, report)
+            parent = image.parent
 
     async def _check_unused(self, account: Account, image: ImageRecord, force: bool) -> None:
         """dockerd's rule: an image a running container uses cannot go; one a stopped

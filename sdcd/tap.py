@@ -32,6 +32,7 @@ from sdcd.compute.host import host_facts
 from sdcd.compute.local import LocalCompute
 from sdcd.compute.network import BridgeConfig
 from sdcd.core.accounts import AccountService
+from sdcd.core.build import BuildService
 from sdcd.core.containers import ContainerService
 from sdcd.core.execs import ExecService
 from sdcd.core.images import ImageService
@@ -160,8 +161,13 @@ class SdcdService(service.MultiService):
         images = ImageService(store, blobs, self.registry)
         containers = await self._open_compute(store, pool, images, blobs)
         exec_routes = ExecRoutes(ExecService(store, containers, self.compute))
+        build = BuildService(containers, images, store, self.config.data_dir / "build")
         api = DockerAPI(
-            system, images, ContainerRoutes(containers, time.time, exec_routes), exec_routes
+            system,
+            images,
+            ContainerRoutes(containers, time.time, exec_routes),
+            exec_routes,
+            build,
         )
         self.sites["docker"].resource = DockerRoot(api.resource(), authenticator, self._tls.ca_pem)
         if "cloudapi" in self.sites:

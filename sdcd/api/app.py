@@ -17,12 +17,14 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from sdcd.api import images as render_images
 from sdcd.api import system as render_system
+from sdcd.api.build import BuildStream, build_options
 from sdcd.api.errors import render_failure, write_json_error
 from sdcd.api.filters import image_filter, parse_filters
 from sdcd.api.params import arg, flag, json_body
 from sdcd.api.streams import ChunkWriter, JSONStream, error_message
 from sdcd.api.versions import MAX_VERSION, render
 from sdcd.core import events as event_filters
+from sdcd.core.build import BuildService
 from sdcd.core.errors import CoreError, InvalidArgument, NotImplementedYet
 from sdcd.core.images import ImageService
 from sdcd.core.system import SystemService
@@ -53,12 +55,18 @@ class DockerAPI:
     app = Klein()
 
     def __init__(
-        self, system: SystemService, images: ImageService, containers=None, execs=None
+        self,
+        system: SystemService,
+        images: ImageService,
+        containers=None,
+        execs=None,
+        build: BuildService | None = None,
     ) -> None:
         self._system = system
         self._images = images
         self._containers = containers
         self._execs = execs
+        self._build = build
 
     @app.route("/events", methods=["GET"])
     async def events(self, request) -> bytes:
@@ -106,6 +114,24 @@ class DockerAPI:
             raise NotImplementedYet("commit is not available")
         return await self._containers.commit(request)
 
+    @app.route("/build", methods=["POST"])
+    async def build(self, request) -> bytes:
+        """``docker build``: the context (buffered to a file by twisted.web) is built
+        while the steps stream; errors before the first message are HTTP errors."""
+        if self._build is None:
+            raise NotImplementedYet("build is not available")
+        options = build_options(request)
+        self._build.check(request.sdcd_account, options)
+        stream = BuildStream(request)
+        request.content.seek(0)
+        try:
+            await self._build.build(request.sdcd_account, request.content, options, stream)
+        except CoreError as e:
+            if not stream.started:
+                raise
+            stream.error(e)
+        return b""
+
     @app.route("/containers/", branch=True)
     def containers(self, request):
         return self._containers.resource()
@@ -132,6 +158,8 @@ class DockerAPI:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache, no-store, must-revalidate")
         request.setHeader(b"pragma", b"no-cache")
+        # The classic builder: the CLI then does not look for BuildKit (buildx).
+        request.setHeader(b"builder-version", b"1")
         return b"OK"
 
     @app.route("/version", methods=["GET"])

@@ -471,6 +471,30 @@ class ContainerService:
         """Join the container's stdio (from its next start when it is not running)."""
         return await self._call(self._compute.attach, cid, options, sink)
 
+    async def run_attached(self, account: Account, cid: str, sink) -> ContainerState:
+        """Start a created container with its stdout and stderr going to ``sink`` and
+        answer its state once it has exited and its output has ended (``docker build``'s
+        RUN). The exit waiter is in place before the start, so a quick exit is not missed."""
+        options = {"stdin": False, "stdout": True, "stderr": True}
+        session = await self.attach(account, cid, options, sink)
+        exited = self._waiters.wait(cid, lambda action, _state: action in ("die", "destroy"))
+        try:
+            await self.start(account, cid)
+        except BaseException:
+            session.close()
+            raise
+        state = await exited
+        await session.done
+        if state is None:
+            _record, state = await self.get(account, cid)
+        return state
+
+    async def layer(self, account: Account, ref: str) -> dict:
+        """The container's changes as a layer in the blob store (``docker build``'s
+        commit of a step; ``commit`` makes a whole image)."""
+        record, _ = await self.get(account, ref)
+        return await self._call(self._compute.commit_layer, record.id)
+
     async def replay_logs(self, account: Account, cid: str, consumer) -> None:
         """The kept log, for ``attach?logs=1``."""
         options = {"follow": False, "tail": None, "since": None, "until": None}

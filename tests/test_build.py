@@ -1,0 +1,217 @@
+"""``docker build`` through the real CLI (classic builder), real runc and the loopback
+registry: multi-stage builds, the cache, failing steps, COPY/ADD, ONBUILD, push and pull
+by another account, tenancy and provisioning."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import running_daemon
+from tests.dockercli import User, busybox_user
+
+
+@pytest.fixture(scope="module")
+def sdcd(tmp_path_factory):
+    yield from running_daemon(tmp_path_factory.mktemp("build"))
+
+
+def context(root: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Dockerfile").write_text(dockerfile)
+    for name, text in (files or {}).items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def build(u: User, ctx: Path, *args: str):
+    return u.docker("build", *args, str(ctx), timeout=300)
+
+
+def tag() -> str:
+    return "b" + uuid.uuid4().hex[:8]
+
+
+def build_containers(u: User) -> list[str]:
+    return u.ok("ps", "-aq", "--filter", "label=com.joyent.sdcd.build").split()
+
+
+MULTI_STAGE = """\
+ARG BASE=busybox
+FROM $BASE AS builder
+ARG GREETING=hello
+WORKDIR /src
+COPY greet.sh .
+RUN sh greet.sh "$GREETING" > /src/out.txt && mkdir -p /out && cp out.txt /out/
+FROM busybox
+ARG GREETING
+ENV WHO=world
+COPY --from=builder /out/out.txt /app/
+COPY --chown=1000:1000 data/ /app/data/
+USER 1000
+WORKDIR /app
+LABEL org.example.stage=final
+CMD ["sh", "-c", "cat /app/out.txt; echo $WHO; id -u; pwd; ls data; stat -c %u data/x"]
+"""
+
+
+def test_multi_stage_build_runs_and_second_build_is_all_cache(alice, tmp_path):
+    ctx = context(tmp_path / "ctx", MULTI_STAGE,
+                  {"greet.sh": 'echo "$1 from stage one"\n', "data/x": "x\n"})  # fmt: skip
+    name = tag()
+    r = build(alice, ctx, "-t", name, "--build-arg", "GREETING=hi")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "Step 1/15 : ARG BASE=busybox" in r.stdout
+    assert "Step 2/15 : FROM $BASE AS builder" in r.stdout
+    assert f"Successfully tagged {name}:latest" in r.stdout
+    assert alice.ok("run", "--rm", name).split("\n") == [
+        "hi from stage one", "world", "1000", "/app", "x", "1000", ""]  # fmt: skip
+    info = json.loads(alice.ok("image", "inspect", name))[0]
+    assert info["Config"]["Labels"] == {"org.example.stage": "final"}
+    assert info["Config"]["User"] == "1000" and info["Config"]["WorkingDir"] == "/app"
+    assert build_containers(alice) == []  # the build containers are gone
+
+    again = build(alice, ctx, "-t", name, "--build-arg", "GREETING=hi")
+    assert again.returncode == 0, again.stderr
+    steps = again.stdout.count("Step ")
+    assert steps == 15
+    # every step after each FROM (and the global ARG) is taken from the cache
+    assert again.stdout.count("Using cache") == 15 - 3, again.stdout
+    assert "Running in" not in again.stdout
+    ids = [line for line in again.stdout.splitlines() if line.startswith("Successfully built")]
+    assert ids and ids[0].split()[-1] == info["Id"][7:19]
+
+    # a changed build-arg misses the cache from the RUN that sees it
+    third = build(alice, ctx, "-t", name, "--build-arg", "GREETING=bye")
+    assert third.returncode == 0 and "Running in" in third.stdout
+    assert alice.ok("run", "--rm", name).startswith("bye from stage one\n")
+    # a changed file misses from its COPY on
+    (ctx / "data" / "x").write_text("changed\n")
+    fourth = build(alice, ctx, "-t", name, "--build-arg", "GREETING=bye")
+    assert fourth.returncode == 0 and fourth.stdout.count("Using cache") < 12
+    assert alice.ok("run", "--rm", name, "cat", "/app/data/x") == "changed\n"
+    alice.ok("rmi", name)
+
+
+def test_failing_run_gives_its_exit_code_and_cleans_up(alice, tmp_path):
+    ctx = context(tmp_path / "ctx", "FROM busybox\nRUN echo before\nRUN echo output; exit 3\n")
+    r = build(alice, ctx, "-t", tag())
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "The command '/bin/sh -c echo output; exit 3' returned a non-zero code: 3" in r.stderr
+    assert "output" in r.stdout
+    assert build_containers(alice) == []
+
+
+def test_bad_dockerfile_is_a_400_before_anything(alice, tmp_path):
+    ctx = context(tmp_path / "ctx", "FROM busybox\nFROBNICATE x\n")
+    r = build(alice, ctx)
+    assert r.returncode != 0 and "unknown instruction" in r.stderr.lower()
+    r = build(alice, context(tmp_path / "c2", "FROM busybox\nRUN true\n"), "--target", "nope")
+    assert r.returncode != 0 and "nope" in r.stderr
+    r = build(alice, context(tmp_path / "c3", "FROM busybox\n"), "-t", "Bad:Name")
+    assert r.returncode != 0 and "invalid" in r.stderr.lower()
+
+
+def test_dockerignore_add_archives_and_urls(alice, tmp_path):
+    dockerfile = (
+        "FROM busybox\nCOPY . /ctx/\nADD bundle.tar.gz /unpacked/\nADD plain.txt /plain/\n"
+        'CMD ["sh", "-c", "ls -a /ctx | sort | tr \\"\\\\n\\" \\" \\"; echo; cat /unpacked/in/t;'
+        ' cat /plain/plain.txt"]\n'
+    )
+    ctx = context(tmp_path / "ctx", dockerfile,
+                  {"keep.txt": "k\n", "secret.key": "s\n", "plain.txt": "plain\n",
+                   ".dockerignore": "*.key\n"})  # fmt: skip
+    with tarfile.open(ctx / "bundle.tar.gz", "w:gz") as t:
+        data = b"inside the tarball\n"
+        info = tarfile.TarInfo("in/t")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    name = tag()
+    r = build(alice, ctx, "-t", name)
+    assert r.returncode == 0, r.stdout + r.stderr
+    listing, unpacked, plain, _ = alice.ok("run", "--rm", name).split("\n")
+    assert "secret.key" not in listing and "keep.txt" in listing and ".dockerignore" in listing
+    assert unpacked == "inside the tarball" and plain == "plain"
+    alice.ok("rmi", name)
+    url = context(tmp_path / "url", "FROM busybox\nADD http://example.com/x /x\n")
+    r = build(alice, url)
+    assert r.returncode != 0 and "no internet access" in r.stderr
+
+
+def test_scratch_onbuild_and_metadata(alice, tmp_path):
+    base = tag()
+    ctx = context(tmp_path / "base", "FROM busybox\nONBUILD RUN echo triggered > /t\n"
+                  "EXPOSE 8080 53/udp\nSTOPSIGNAL SIGINT\nVOLUME /data\n"
+                  'HEALTHCHECK --interval=5s CMD true\nSHELL ["/bin/sh", "-ec"]\n')  # fmt: skip
+    assert build(alice, ctx, "-t", base).returncode == 0
+    info = json.loads(alice.ok("image", "inspect", base))[0]["Config"]
+    assert info["OnBuild"] == ["RUN echo triggered > /t"]
+    assert info["ExposedPorts"] == {"8080/tcp": {}, "53/udp": {}}
+    assert info["StopSignal"] == "SIGINT" and info["Volumes"] == {"/data": {}}
+    assert info["Healthcheck"]["Test"] == ["CMD-SHELL", "true"]
+    assert info["Healthcheck"]["Interval"] == 5_000_000_000
+    assert info["Shell"] == ["/bin/sh", "-ec"]
+    child = tag()
+    r = build(alice, context(tmp_path / "child", f"FROM {base}\nCMD cat /t\n"), "-t", child)
+    assert r.returncode == 0 and "Executing 1 build trigger" in r.stdout, r.stdout + r.stderr
+    assert alice.ok("run", "--rm", child) == "triggered\n"
+    assert json.loads(alice.ok("image", "inspect", child))[0]["Config"]["OnBuild"] in (None, [])
+    # FROM scratch with a static busybox copied in
+    scratch = context(tmp_path / "scratch", 'FROM scratch\nCOPY busybox /bin/busybox\n'
+                      'CMD ["/bin/busybox", "echo", "from scratch"]\n')  # fmt: skip
+    (scratch / "busybox").write_bytes(Path("/bin/busybox").read_bytes())
+    (scratch / "busybox").chmod(0o755)
+    small = tag()
+    r = build(alice, scratch, "-t", small)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert alice.ok("run", "--rm", small) == "from scratch\n"
+    layers = json.loads(alice.ok("image", "inspect", small))[0]["RootFS"]["Layers"]
+    assert len(layers) == 1
+    for image in (child, base, small):
+        alice.ok("rmi", image)
+
+
+def test_build_push_pull_as_another_account(alice, bob, registry, tmp_path):
+    repo = f"{registry.host}/built{uuid.uuid4().hex[:6]}"
+    ctx = context(tmp_path / "ctx", "FROM busybox\nRUN echo built > /built\nCMD cat /built\n")
+    r = build(alice, ctx, "-t", f"{repo}:v1", "-t", f"{repo}:v2", "-q")
+    assert r.returncode == 0, r.stderr
+    image_id = r.stdout.strip()
+    assert image_id.startswith("sha256:") and "Step" not in r.stdout
+    parent = json.loads(alice.ok("image", "inspect", image_id))[0]["Parent"]
+    assert parent.startswith("sha256:")
+    alice.ok("push", f"{repo}:v1")
+    bob.ok("pull", f"{repo}:v1")
+    assert bob.ok("run", "--rm", f"{repo}:v1") == "built\n"
+    # bob's own build of the same Dockerfile does not hit alice's cache
+    r = build(bob, ctx, "-t", "mine")
+    assert r.returncode == 0 and "Using cache" not in r.stdout, r.stdout
+    # alice's images are not bob's to name
+    assert bob.docker("image", "inspect", f"{repo}:v2").returncode != 0
+    for u, names in ((alice, (f"{repo}:v1", f"{repo}:v2")), (bob, (f"{repo}:v1", "mine"))):
+        for n in names:
+            u.ok("rmi", n)
+    # the intermediate images went with the last tag
+    assert alice.docker("image", "inspect", image_id).returncode != 0
+    assert alice.docker("image", "inspect", parent).returncode != 0
+
+
+def test_build_runs_under_the_package(alice, tmp_path):
+    ctx = context(tmp_path / "ctx", "FROM busybox\n"
+                  "RUN cat /sys/fs/cgroup/memory/memory.limit_in_bytes\n")  # fmt: skip
+    r = build(alice, ctx, "--memory", "256m", "--no-cache")
+    assert r.returncode == 0, r.stderr
+    assert str(256 * 1024 * 1024) in r.stdout
+
+
+def test_unapproved_account_may_not_build(sdcd, registry, tmp_path):
+    u = busybox_user(sdcd, tmp_path / "carol", registry, "carol", approved=False)
+    r = build(u, context(tmp_path / "ctx", "FROM busybox\nRUN true\n"))
+    assert r.returncode != 0 and "provision" in r.stderr.lower()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import posixpath
 import shutil
@@ -345,11 +346,8 @@ def write_tar(
     finally:
         os.close(fd)
     try:
-        with tempfile.TemporaryFile() as spool:
-            while chunk := read(CHUNK):
-                spool.write(chunk)
-            spool.seek(0)
-            with _open_tar(spool) as tar:
+        with _spooled(read) as spool:
+            with _open_tar(spool, headers_only=True) as tar:
                 _check(tar, dest, no_overwrite_dir_non_dir)
             spool.seek(0)
             with _open_tar(spool) as tar:
@@ -358,11 +356,44 @@ def write_tar(
         os.close(dest)
 
 
-def _open_tar(spool: IO[bytes]) -> tarfile.TarFile:
+@contextlib.contextmanager
+def _spooled(read: Callable[[int], bytes]) -> Iterator[IO[bytes]]:
+    """The tar in a seekable file: the caller's own file when ``read`` is a regular
+    file's ``read`` (the API host's request body is one already), else a copy."""
+    source = getattr(read, "__self__", None)
+    if source is not None and _is_regular_file(source):
+        source.seek(0)
+        yield source
+        return
+    with tempfile.TemporaryFile() as spool:
+        while chunk := read(CHUNK):
+            spool.write(chunk)
+        spool.seek(0)
+        yield spool
+
+
+def _is_regular_file(f) -> bool:
     try:
-        return tarfile.open(fileobj=spool, mode="r|*", encoding="utf-8", errors="surrogateescape")
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode) and f.seekable()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
+def _open_tar(spool: IO[bytes], headers_only: bool = False) -> tarfile.TarFile:
+    """Streamed for extraction; for the check pass of a plain tar, random access, so
+    that file contents are seeked over rather than read."""
+    mode = "r:" if headers_only and _plain_tar(spool) else "r|*"
+    try:
+        return tarfile.open(fileobj=spool, mode=mode, encoding="utf-8", errors="surrogateescape")
     except tarfile.TarError as e:
         raise ArchiveError(f"invalid tar archive: {e}", "invalid") from e
+
+
+def _plain_tar(spool: IO[bytes]) -> bool:
+    """Not compressed (gzip, bzip2, xz, zstd magic): it can be read by seeking."""
+    head = spool.read(6)
+    spool.seek(0)
+    return not head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd"))
 
 
 def _entry_name(name: str, what: str = "entry") -> str:

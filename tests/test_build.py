@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import tarfile
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import running_daemon
+from tests.conftest import running_daemon, wait_for
 from tests.dockercli import User, busybox_user
 
 
@@ -215,3 +216,44 @@ def test_unapproved_account_may_not_build(sdcd, registry, tmp_path):
     u = busybox_user(sdcd, tmp_path / "carol", registry, "carol", approved=False)
     r = build(u, context(tmp_path / "ctx", "FROM busybox\nRUN true\n"))
     assert r.returncode != 0 and "provision" in r.stderr.lower()
+
+
+def test_client_leaving_mid_build_removes_its_container(alice, tmp_path):
+    ctx = context(tmp_path / "ctx", "FROM busybox\nRUN echo started; sleep 60\n")
+    proc = subprocess.Popen(
+        ["docker", "build", "--no-cache", str(ctx)], stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, env=alice.env(), text=True,
+    )  # fmt: skip
+    try:
+        for line in proc.stdout:
+            if "started" in line:
+                break
+        assert build_containers(alice) != []  # the RUN is running
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: build_containers(alice) == [], 20)
+
+
+def test_other_clients_build(alice, docker_py, tmp_path):
+    ctx = context(tmp_path / "ctx", "FROM busybox\nARG X=1\nRUN echo x=$X > /x\nCMD cat /x\n")
+    old = tag()
+    r = alice.docker("build", "-t", old, str(ctx), binary="/usr/bin/docker",
+                     env_extra={"DOCKER_BUILDKIT": "0"}, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert alice.ok("run", "--rm", old) == "x=1\n"
+    _image, logs = docker_py.images.build(path=str(ctx), tag="frompy", buildargs={"X": "2"})
+    assert any("Step 3/4" in (entry.get("stream") or "") for entry in logs)
+    assert alice.ok("run", "--rm", "frompy") == "x=2\n"
+    alice.ok("rmi", old, "frompy")
+
+
+def test_another_accounts_images_are_not_sources(alice, bob, tmp_path):
+    private = tag()
+    ctx = context(tmp_path / "a", "FROM busybox\nRUN echo secret > /secret\n")
+    assert build(alice, ctx, "-t", private).returncode == 0
+    for dockerfile in (f"FROM {private}\nRUN true\n",
+                       f"FROM busybox\nCOPY --from={private} /secret /s\n"):  # fmt: skip
+        r = build(bob, context(tmp_path / uuid.uuid4().hex, dockerfile))
+        assert r.returncode != 0 and "Successfully built" not in r.stdout
+    alice.ok("rmi", private)

@@ -8,7 +8,8 @@ Markdown table (``docs/benchmarks.md`` keeps the latest).
 Usage, as root: ``.venv/bin/python -m bench.run [--runs N] [--only GROUP[,GROUP...]]
 [--containers N] [--stream-mib N] [--stream-runs N] [--execs N]``. Groups: ``api``,
 ``pulls``, ``containers`` (= ``run``, ``parallel``, ``many``; see ``bench/containers.py``),
-``streams`` (= ``attach``, ``logs``, ``exec``; see ``bench/streams.py``), or one
+``streams`` (= ``attach``, ``logs``, ``exec``; see ``bench/streams.py``), ``files``
+(= ``cp``, ``build``; see ``bench/files.py``), or one
 scenario's name. Nothing is left behind: both daemons' containers, mounts, namespaces,
 processes, bridges and data dirs go.
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import containers, streams  # noqa: E402
+from bench import containers, files, streams  # noqa: E402
 from tests.clients import make_cert, make_key, openssh_line, write_identity  # noqa: E402
 from tests.conftest import Daemon, wait_for  # noqa: E402
 from tests.imagebuilder import busybox_image, push  # noqa: E402
@@ -329,18 +330,23 @@ SCENARIOS: dict[str, tuple[str, Callable]] = {
 CONTAINER_SCENARIOS = ("run", "parallel", "many")
 #: The stream scenarios (bench/streams.py), in the order they run.
 STREAM_SCENARIOS = ("attach", "logs", "exec")
-GROUPS = {"api", "pulls", "containers", "streams", *CONTAINER_SCENARIOS, *STREAM_SCENARIOS}
+#: The file scenarios (bench/files.py): docker cp and docker build.
+FILE_SCENARIOS = ("cp", "build")
+GROUPS = {"api", "pulls", "containers", "streams", "files", *CONTAINER_SCENARIOS,
+          *STREAM_SCENARIOS, *FILE_SCENARIOS}  # fmt: skip
 
 
 def selected(only: set[str] | None, name: str, group: str) -> bool:
     """``--only`` names groups (api, pulls, containers, run, parallel, many, streams,
-    attach, logs, exec) or scenarios."""
+    attach, logs, exec, files, cp, build) or scenarios."""
     if only is None:
         return True
     if name in only or group in only:
         return True
     if group in STREAM_SCENARIOS:
         return "streams" in only
+    if group in FILE_SCENARIOS:
+        return "files" in only
     return group in CONTAINER_SCENARIOS and "containers" in only
 
 
@@ -383,6 +389,10 @@ def container_scenarios(ref, ours, args: argparse.Namespace) -> list[containers.
         rows += streams.logs_throughput(ref, ours, args.stream_mib, args.stream_runs)
     if selected(args.only, "exec", "exec"):
         rows += streams.exec_latency(ref, ours, args.execs)
+    if selected(args.only, "cp", "cp"):
+        rows += files.cp_throughput(ref, ours, args.cp_mib, args.file_runs)
+    if selected(args.only, "build", "build"):
+        rows += files.build_times(ref, ours, args.file_runs)
     return rows
 
 
@@ -400,7 +410,8 @@ def run(args: argparse.Namespace) -> list[containers.Row]:
                     history = [{"created_by": f"layer {i}"} for i in range(count)]
                     registry.push(repo, "latest", layers, {**CONFIG, "history": history})
             wants_containers = any(
-                selected(args.only, n, n) for n in (*CONTAINER_SCENARIOS, *STREAM_SCENARIOS)
+                selected(args.only, n, n)
+                for n in (*CONTAINER_SCENARIOS, *STREAM_SCENARIOS, *FILE_SCENARIOS)
             )
             if wants_containers:
                 push(registry.url, containers.IMAGE, "latest", busybox_image())
@@ -478,6 +489,8 @@ def main() -> None:
     )
     parser.add_argument("--stream-runs", type=int, default=3, help="runs of attach and logs")
     parser.add_argument("--execs", type=int, default=50, help="docker exec runs per daemon")
+    parser.add_argument("--cp-mib", type=int, default=500, help="MiB of the docker cp file")
+    parser.add_argument("--file-runs", type=int, default=5, help="runs of cp and build")
     parser.add_argument("--logs", type=Path, help="copy the daemons' logs here at the end")
     args = parser.parse_args()
     unknown = (args.only or set()) - GROUPS - set(SCENARIOS)

@@ -781,6 +781,36 @@ class IComputeTests:
         assert "made" in names and "bin/sh" in names and "bin/ls" not in names
 
     @pytest_twisted.ensureDeferred
+    async def test_archive_stat_get_put_inside_the_root(self, harness):
+        cid = await self.created(harness, SLEEP)
+        harness.put_file(cid, "/etc/f", b"in the root\n", 0o640)
+        found = await within(harness.compute.archive_stat(cid, "/etc/f"))
+        assert found["name"] == "f" and found["size"] == 12 and found["mode"] & 0o777 == 0o640
+        folder = await within(harness.compute.archive_stat(cid, "/etc"))
+        assert folder["mode"] & (1 << 31)  # Go's ModeDir
+        assert await self.cp_out(harness, cid, "/etc/f") == {"f": b"in the root\n"}
+        # a tar in (with a symlink that points far above the root), then out again
+        tar = _tar([("sub/g", b"put\n", ""), ("up", b"", "../../../../..")])
+        await within(harness.compute.archive_put(cid, "/etc", io.BytesIO(tar).read, False))
+        assert await self.cp_out(harness, cid, "/etc/sub/g") == {"g": b"put\n"}
+        # the symlink resolves inside the root: /etc/up/etc/f is the container's /etc/f
+        assert await self.cp_out(harness, cid, "/etc/up/etc/f") == {"f": b"in the root\n"}
+        # an escaping tar writes nothing at all
+        tar = _tar([("ok", b"x", ""), ("../../escaped", b"x", "")])
+        with pytest.raises(ComputeError) as e:
+            await within(harness.compute.archive_put(cid, "/etc", io.BytesIO(tar).read, False))
+        assert e.value.kind == "invalid"
+        with pytest.raises(ComputeError) as e:
+            await within(harness.compute.archive_stat(cid, "/etc/ok"))
+        assert e.value.kind == "not_found"
+
+    async def cp_out(self, harness: ComputeHarness, cid: str, path: str) -> dict[str, bytes]:
+        collected = _Collect()
+        await within(harness.compute.archive_get(cid, path, collected))
+        with tarfile.open(fileobj=io.BytesIO(bytes(collected.data))) as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+
+    @pytest_twisted.ensureDeferred
     async def test_stats(self, harness):
         cid = await self.created(harness, SLEEP)
         idle = await within(harness.compute.stats(cid))
@@ -791,6 +821,37 @@ class IComputeTests:
         with pytest.raises(ComputeError) as e:
             await within(harness.compute.stats(secrets.token_hex(32)))
         assert e.value.kind == "not_found"
+
+
+class _Collect:
+    """A consumer that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def registerProducer(self, producer, streaming) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+def _tar(entries: list[tuple[str, bytes, str]]) -> bytes:
+    """(name, data, symlink target or "") -> a tar."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data, link in entries:
+            info = tarfile.TarInfo(name)
+            if link:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 # -- LocalCompute ------------------------------------------------------------------------

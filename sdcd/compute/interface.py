@@ -180,6 +180,21 @@ class ICompute(Interface):
         """Write a tar of the container's root filesystem to ``consumer`` (an IConsumer,
         with back-pressure). Deferred None once written (or the consumer stopped it)."""
 
+    def archive_stat(cid, path):
+        """Deferred ``docker cp``'s PathStat of ``path`` in the container's root (running
+        or not): {"name", "size", "mode" (Go's FileMode), "mtime", "linkTarget"}; symlinks
+        are resolved inside the root. Kind "not_found" when missing."""
+
+    def archive_get(cid, path, consumer):
+        """Write the tar of ``path`` (``docker cp c:path -``) to ``consumer`` with
+        back-pressure; kind "not_found" before any byte when missing."""
+
+    def archive_put(cid, path, read, no_overwrite_dir_non_dir):
+        """Extract the tar ``read(n)`` gives (called in a thread; ``b""`` at its end)
+        into the directory ``path``; checked whole first: an entry that is absolute,
+        escapes with ``..``, is a device or goes through a symlink refuses the whole
+        tar (kind "invalid") with nothing written."""
+
     def disk_usage(cid):
         """Deferred {"rw": bytes written by the container, "rootfs": rw + its image}."""
 

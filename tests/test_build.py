@@ -189,13 +189,18 @@ def test_build_push_pull_as_another_account(alice, bob, registry, tmp_path):
     parent = json.loads(alice.ok("image", "inspect", image_id))[0]["Parent"]
     assert parent.startswith("sha256:")
     alice.ok("push", f"{repo}:v1")
-    bob.ok("pull", f"{repo}:v1")
+    # bob builds on it without pulling first: the build pulls it, with progress
+    on_top = context(tmp_path / "bob", f"FROM {repo}:v1\nRUN cat /built > /again\n")
+    r = build(bob, on_top, "-t", "ontop")
+    assert r.returncode == 0 and "Pulling from" in r.stdout, r.stdout + r.stderr
+    assert bob.ok("run", "--rm", "ontop", "cat", "/again") == "built\n"
     assert bob.ok("run", "--rm", f"{repo}:v1") == "built\n"
     # bob's own build of the same Dockerfile does not hit alice's cache
     r = build(bob, ctx, "-t", "mine")
     assert r.returncode == 0 and "Using cache" not in r.stdout, r.stdout
     # alice's images are not bob's to name
     assert bob.docker("image", "inspect", f"{repo}:v2").returncode != 0
+    bob.ok("rmi", "ontop")
     for u, names in ((alice, (f"{repo}:v1", f"{repo}:v2")), (bob, (f"{repo}:v1", "mine"))):
         for n in names:
             u.ok("rmi", n)
@@ -257,3 +262,20 @@ def test_another_accounts_images_are_not_sources(alice, bob, tmp_path):
         r = build(bob, context(tmp_path / uuid.uuid4().hex, dockerfile))
         assert r.returncode != 0 and "Successfully built" not in r.stdout
     alice.ok("rmi", private)
+
+
+def test_dockerfile_from_stdin_and_from_outside_the_context(alice, tmp_path):
+    r = alice.docker("build", "-t", "fromstdin", "-", input="FROM busybox\nCMD echo stdin\n",
+                     timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert alice.ok("run", "--rm", "fromstdin") == "stdin\n"
+    # -f outside the context: the CLI adds it under a random name (its tar then lacks
+    # the end-of-archive blocks, which dockerd accepts)
+    ctx = context(tmp_path / "ctx", "FROM busybox\n", {"sub/h": "outside\n"})
+    (ctx / "Dockerfile").unlink()
+    outside = tmp_path / "elsewhere.Dockerfile"
+    outside.write_text("FROM busybox\nCOPY sub/h /h\nCMD cat /h\n")
+    r = build(alice, ctx, "-f", str(outside), "-t", "fromoutside")
+    assert r.returncode == 0, r.stderr
+    assert alice.ok("run", "--rm", "fromoutside") == "outside\n"
+    alice.ok("rmi", "fromstdin", "fromoutside")

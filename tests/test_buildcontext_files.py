@@ -84,8 +84,9 @@ def test_sources_globs_and_errors(ctx):
     assert ctx.sources(["/src/sub", "link"]) == ["src/sub", "link"]
     assert ctx.resolve("abs") == ctx.root / "src" / "b.txt"  # absolute: from the root
     assert ctx.resolve("out") is None  # ../../etc/passwd stays in the root: missing
-    with pytest.raises(ContextError, match="file not found in build context"):
-        ctx.sources(["missing"])
+    for missing in ("missing", "src/a.txt/below-a-file", "x" * 300):
+        with pytest.raises(ContextError, match="file not found in build context"):
+            ctx.sources([missing])
     with pytest.raises(ContextError, match="no source files were specified"):
         ctx.sources(["*.nothing"])
     with pytest.raises(ContextError, match="outside the build context"):

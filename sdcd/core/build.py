@@ -79,9 +79,9 @@ class BuildService:
     """Runs builds; one ``_Build`` per request."""
 
     def __init__(self, containers, images, cache, workdir: Path) -> None:
-        self._containers = containers
-        self._images = images
-        self._cache = cache
+        self.containers = containers
+        self.images = images
+        self.cache = cache
         self._workdir = workdir
 
     def check(self, account: Account, options: BuildOptions) -> list[str]:
@@ -108,7 +108,7 @@ class BuildService:
             image_id = await build.run(context)
             for name in names:
                 ref = refs.parse(name)
-                await self._images.tag(account, image_id, ref.name, ref.tag)
+                await self.images.tag(account, image_id, ref.name, ref.tag)
             if not options.quiet:
                 for name in names:
                     out.stream(f"Successfully tagged {refs.parse(name).familiar}\n")
@@ -215,21 +215,21 @@ class _Build:
             raise BuildError("base name (" + stage.base + ") should not be blank")
         if name.lower() == "scratch":
             doc = buildconfig.scratch_doc()
-            image_id = await self.s._images.add_image(self.account, doc, (), "", None)
+            image_id = await self.s.images.add_image(self.account, doc, (), "", None)
             return StageState(image_id, (), doc, escape=self.escape, scratch=True)
         earlier = self.stage_images.get(name.lower())
         image_id = earlier.image_id if earlier is not None else None
-        image = await (self.s._images.resolve(self.account, image_id) if image_id
+        image = await (self.s.images.resolve(self.account, image_id) if image_id
                        else self._base_image(name))  # fmt: skip
         self.say(f" ---> {short_id(image.id)}\n")
-        doc = dict(self.s._images.config(image))
+        doc = dict(self.s.images.config(image))
         return StageState(image.id, image.layers, _copy(doc), escape=self.escape)
 
     async def _base_image(self, name: str) -> ImageRecord:
         """The account's image of that name; pulled when missing (or ``pull``)."""
         if not self.options.pull:
             try:
-                return await self.s._images.resolve(self.account, name)
+                return await self.s.images.resolve(self.account, name)
             except NotFound:
                 pass
         try:
@@ -240,7 +240,7 @@ class _Build:
         if creds is None and ref.registry_host in ("docker.io", "registry-1.docker.io"):
             creds = self.options.auth.get("https://index.docker.io/v1/")
         progress = (lambda _p: None) if self.options.quiet else self.out.progress
-        return await self.s._images.pull(self.account, str(ref), None, creds, progress)
+        return await self.s.images.pull(self.account, str(ref), None, creds, progress)
 
     # -- steps ----------------------------------------------------------------------
 
@@ -271,13 +271,13 @@ class _Build:
         cid = await self._container(state, cmd, args)
         self.say(f" ---> Running in {cid[:12]}\n")
         sink = _OutputSink(self)
-        exited = await self.s._containers.run_attached(self.account, cid, sink)
+        exited = await self.s.containers.run_attached(self.account, cid, sink)
         if exited.exit_code:
             raise BuildError(
                 f"The command '{' '.join(cmd)}' returned a non-zero code: {exited.exit_code}",
                 exited.exit_code,
             )
-        layer = await self.s._containers.layer(self.account, cid)
+        layer = await self.s.containers.layer(self.account, cid)
         await self._remove(cid)
         await self._commit(state, run_config, " ".join(cache_cmd), layer, run_config)
 
@@ -313,9 +313,9 @@ class _Build:
                 extract_archives=inst.command == "ADD", chmod=chmod, dest_is_dir_hint=hint,
             )  # fmt: skip
             tar.seek(0)
-            await self.s._containers.archive_put(self.account, cid, "/", tar.read, False)
+            await self.s.containers.archive_put(self.account, cid, "/", tar.read, False)
         spool.unlink()
-        layer = await self.s._containers.layer(self.account, cid)
+        layer = await self.s.containers.layer(self.account, cid)
         await self._remove(cid)
         await self._commit(state, run_config, "/bin/sh -c #(nop) " + text, layer, run_config)
 
@@ -324,13 +324,13 @@ class _Build:
         system, fetched through a container as ``docker cp`` does, into a directory."""
         state = self.stage_images.get(source.lower())
         if state is not None:
-            image = await self.s._images.resolve(self.account, state.image_id)
+            image = await self.s.images.resolve(self.account, state.image_id)
         else:
             image = await self._base_image(source)
         self._fetches += 1
         root = self.tmp / f"from-{self._fetches}"
         root.mkdir()
-        fetch_state = StageState(image.id, image.layers, dict(self.s._images.config(image)))
+        fetch_state = StageState(image.id, image.layers, dict(self.s.images.config(image)))
         cid = await self._container(fetch_state, buildconfig.nop("fetch"), [], hidden=True)
         try:
             for i, pattern in enumerate(patterns):
@@ -343,7 +343,7 @@ class _Build:
         spool = root.parent / f"{root.name}-{i}.tar"
         with open(spool, "w+b") as f:
             try:
-                await self.s._containers.archive_get(self.account, cid, path, _FileConsumer(f))
+                await self.s.containers.archive_get(self.account, cid, path, _FileConsumer(f))
             except NotFound:
                 return  # the pattern then matches nothing: the copy says so
             f.seek(0)
@@ -369,7 +369,7 @@ class _Build:
             "AttachStderr": True,
             "HostConfig": {"Memory": self.options.memory, "LogConfig": {"Type": "none"}},
         }
-        cid, _ = await self.s._containers.create(self.account, body, (1, 41), None)
+        cid, _ = await self.s.containers.create(self.account, body, (1, 41), None)
         self.containers.append(cid)
         return cid
 
@@ -377,7 +377,7 @@ class _Build:
         if cid in self.containers:
             self.containers.remove(cid)
         with contextlib.suppress(NotFound):
-            await self.s._containers.remove(self.account, cid, True)
+            await self.s.containers.remove(self.account, cid, True)
         if not quiet:
             self.say(f"Removing intermediate container {cid[:12]}\n")
 
@@ -394,11 +394,11 @@ class _Build:
         if self.options.nocache:
             return False
         key = buildconfig.cache_key(state.image_id, run_config)
-        image_id = await self.s._cache.get_build_cache(self.account.login, key)
+        image_id = await self.s.cache.get_build_cache(self.account.login, key)
         if image_id is None:
             return False
         try:
-            image = await self.s._images.resolve(self.account, image_id)
+            image = await self.s.images.resolve(self.account, image_id)
         except NotFound:
             return False
         self.say(" ---> Using cache\n")
@@ -414,18 +414,18 @@ class _Build:
         if layer:
             layers = (*layers, LayerRecord(layer["digest"], layer["diff_id"], layer["size"],
                                            layer["media_type"]))  # fmt: skip
-        image_id = await self.s._images.add_image(self.account, doc, layers, state.image_id, None)
+        image_id = await self.s.images.add_image(self.account, doc, layers, state.image_id, None)
         if cache_config is not None:
             key = buildconfig.cache_key(state.image_id, cache_config)
-            await self.s._cache.put_build_cache(self.account.login, key, image_id)
-        image = await self.s._images.resolve(self.account, image_id)
+            await self.s.cache.put_build_cache(self.account.login, key, image_id)
+        image = await self.s.images.resolve(self.account, image_id)
         self._advance(state, image)
         return image_id
 
     def _advance(self, state: StageState, image: ImageRecord) -> None:
         state.image_id = image.id
         state.layers = image.layers
-        state.doc = _copy(dict(self.s._images.config(image)))
+        state.doc = _copy(dict(self.s.images.config(image)))
         self.say(f" ---> {short_id(image.id)}\n")
 
     async def _owner(self, cid: str, chown: str) -> tuple[int, int]:
@@ -441,7 +441,7 @@ class _Build:
         spool = self.tmp / f"read-{cid[:12]}.tar"
         with open(spool, "w+b") as f:
             try:
-                await self.s._containers.archive_get(self.account, cid, path, _FileConsumer(f))
+                await self.s.containers.archive_get(self.account, cid, path, _FileConsumer(f))
             except NotFound:
                 return None
             f.seek(0)
@@ -451,7 +451,7 @@ class _Build:
 
     async def _is_dir(self, cid: str, path: str) -> bool:
         try:
-            stat = await self.s._containers.archive_stat(self.account, cid, path)
+            stat = await self.s.containers.archive_stat(self.account, cid, path)
         except NotFound:
             return False
         return bool(stat.get("mode", 0) & (1 << 31))

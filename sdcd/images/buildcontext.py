@@ -9,9 +9,12 @@ it is trusted; symlinks are kept as symlinks and resolved by us, inside the root
 
 from __future__ import annotations
 
+import bz2
 import fnmatch
+import gzip
 import hashlib
 import io
+import lzma
 import os
 import posixpath
 import shutil
@@ -51,7 +54,7 @@ class BuildContext:
         dest.mkdir(parents=True, exist_ok=True)
         total = 0
         try:
-            with tarfile.open(fileobj=source, mode="r|*") as tar:
+            with tarfile.open(fileobj=_Padded(_decompressed(source)), mode="r|") as tar:
                 for member in tar:
                     total += member.size
                     if total > max_bytes:
@@ -96,7 +99,7 @@ class BuildContext:
             path = self.root.joinpath(*done, part)
             try:
                 st = os.lstat(path)
-            except FileNotFoundError:
+            except OSError:  # missing, below a file, name too long...
                 return None
             if stat.S_ISLNK(st.st_mode):
                 links += 1
@@ -341,6 +344,46 @@ def _extract_member(tar: tarfile.TarFile, m: tarfile.TarInfo, dest: Path) -> Non
         os.chmod(path, m.mode & 0o7777)
         os.utime(path, (m.mtime, m.mtime))
     # device nodes and fifos are skipped: a build has no use for them
+
+
+def _decompressed(source: BinaryIO) -> BinaryIO:
+    """The context as a plain tar stream (the CLI's ``--compress`` sends it gzipped)."""
+    head = source.read(6)
+    source.seek(-len(head), os.SEEK_CUR)
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=source, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(source)
+    if head.startswith(b"\xfd7zXZ"):
+        return lzma.LZMAFile(source)
+    return source
+
+
+class _Padded(io.RawIOBase):
+    """A tar stream completed at its end: the CLI's context with a Dockerfile from
+    outside it (``-f ../Dockerfile``) ends right after the last file's data, without
+    the padding and the two zero blocks a tar ends with (Go's reader lets it pass)."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._count = 0
+        self._tail: bytes | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._tail is None:
+            data = self._source.read(len(buffer))
+            if data:
+                self._count += len(data)
+                buffer[: len(data)] = data
+                return len(data)
+            self._tail = b"\0" * ((-self._count) % 512 + 1024)
+        n = min(len(buffer), len(self._tail))
+        buffer[:n] = self._tail[:n]
+        self._tail = self._tail[n:]
+        return n
 
 
 def _real_parent(dest: Path, rel: str) -> Path:

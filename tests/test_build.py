@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import tarfile
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -279,3 +281,18 @@ def test_dockerfile_from_stdin_and_from_outside_the_context(alice, tmp_path):
     assert r.returncode == 0, r.stderr
     assert alice.ok("run", "--rm", "fromoutside") == "outside\n"
     alice.ok("rmi", "fromstdin", "fromoutside")
+
+
+def test_copy_from_a_symlink_stays_on_the_api_host_side(alice, tmp_path):
+    """An image whose ``/escape`` points at a directory that exists on the API host too:
+    fetching ``/escape`` and then ``/escape/x`` for COPY --from writes nothing there."""
+    host_dir = Path(tempfile.mkdtemp(prefix="sdcd-host-"))
+    try:
+        ctx = context(tmp_path / "ctx", f"FROM busybox AS img\nRUN mkdir -p {host_dir} && "
+                      f"echo evil > {host_dir}/x && ln -s {host_dir} /escape\n"
+                      "FROM busybox\nCOPY --from=img /escape /escape/x /dst/\n")  # fmt: skip
+        r = build(alice, ctx)
+        assert list(host_dir.iterdir()) == [], r.stdout + r.stderr
+        assert build_containers(alice) == []
+    finally:
+        shutil.rmtree(host_dir)

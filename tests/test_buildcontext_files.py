@@ -155,3 +155,22 @@ def test_parse_chown():
     for bad in ("nobody", "app:nogroup", ":1"):
         with pytest.raises(ContextError, match="unable to convert uid/gid"):
             parse_chown(bad, passwd, group)
+
+
+def test_add_tar_never_writes_through_a_symlink_it_placed(tmp_path):
+    """COPY --from fetches each path into one directory: a symlink from the first fetch
+    (an image's ``/a -> /outside``) must not carry the second fetch's files out of it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    ctx = BuildContext.from_dir(tmp_path / "root")
+    ctx.root.mkdir()
+    ctx.add_tar(tar_of([("a", "sym", str(outside))]), "/", 10**6)
+    with pytest.raises(ContextError, match="symlink"):
+        ctx.add_tar(tar_of([("passwd", "file", b"evil")]), "/a", 10**6)
+    with pytest.raises(ContextError, match="symlink"):
+        ctx.add_tar(tar_of([("a/x", "file", b"evil")]), "/", 10**6)
+    assert list(outside.iterdir()) == []
+    # a directory fetched below another one merges into it
+    ctx.add_tar(tar_of([("out", "dir", b""), ("out/one", "file", b"1")]), "/", 10**6)
+    ctx.add_tar(tar_of([("two", "file", b"2")]), "/out", 10**6)
+    assert sorted(p.name for p in (ctx.root / "out").iterdir()) == ["one", "two"]

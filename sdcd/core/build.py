@@ -347,8 +347,8 @@ class _Build:
             except NotFound:
                 return  # the pattern then matches nothing: the copy says so
             f.seek(0)
-            staging = root.parent / f"{root.name}-{i}"
-            await _in_thread(_extract_under, f, staging, root / posixpath.dirname(path).lstrip("/"))
+            context = BuildContext.from_dir(root)
+            await _in_thread(context.add_tar, f, posixpath.dirname(path), MAX_CONTEXT_BYTES)
         spool.unlink()
 
     # -- containers and images -------------------------------------------------------
@@ -575,15 +575,6 @@ def _fetch_path(pattern: str) -> str:
         if _WILDCARD.search(part):
             return "/".join(parts[:i]) or "/"
     return posixpath.normpath(path)
-
-
-def _extract_under(tar: BinaryIO, staging: Path, target: Path) -> None:
-    """A fetched tar into ``target``, merged with what is there already (checked by the
-    context's extraction, then moved)."""
-    BuildContext.extract(tar, staging, MAX_CONTEXT_BYTES)
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(staging, target, symlinks=True, dirs_exist_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _first_member_text(tar: BinaryIO) -> str | None:

@@ -52,6 +52,17 @@ class BuildContext:
         """The client's tar (plain or compressed) into ``dest``: names are checked, no
         write goes through a symlink, device nodes are skipped, owners are root."""
         dest.mkdir(parents=True, exist_ok=True)
+        context = cls(dest)
+        context.add_tar(source, ".", max_bytes)
+        return context
+
+    def add_tar(self, source: BinaryIO, under: str, max_bytes: int) -> None:
+        """Extract a tar below ``under`` (``COPY --from``'s fetched paths go where they
+        were in the image), with the same checks: a path through a symlink, even one an
+        earlier tar put here, is refused, never followed."""
+        base = _clean(under)
+        if base is None:
+            raise ContextError(f"invalid path: {under}")
         total = 0
         try:
             with tarfile.open(fileobj=_Padded(_decompressed(source)), mode="r|") as tar:
@@ -61,10 +72,9 @@ class BuildContext:
                         raise ContextError(
                             f"build context is larger than the limit of {max_bytes} bytes"
                         )
-                    _extract_member(tar, member, dest)
+                    _extract_member(tar, _below(member, base), self.root)
         except tarfile.TarError as e:
             raise ContextError(f"invalid build context: {e}") from None
-        return cls(dest)
 
     # -- the Dockerfile ------------------------------------------------------------------
 
@@ -308,6 +318,23 @@ def _is_archive(path: Path) -> bool:
             return tar.next() is not None
     except (tarfile.TarError, OSError, EOFError):
         return False
+
+
+def _below(member: tarfile.TarInfo, base: str) -> tarfile.TarInfo:
+    """The member named below ``base`` (checked names stay checked: ``_clean`` refuses
+    what leaves it afterwards)."""
+    if base == ".":
+        return member
+    name = _clean(member.name)
+    if name is None or member.name.startswith("/"):
+        raise ContextError(f"invalid build context: {member.name!r} is outside the context")
+    member.name = posixpath.join(base, name)
+    if member.islnk():
+        link = _clean(member.linkname)
+        if link is None:
+            raise ContextError(f"invalid build context: link {member.name!r} leaves it")
+        member.linkname = posixpath.join(base, link)
+    return member
 
 
 def _extract_member(tar: tarfile.TarFile, m: tarfile.TarInfo, dest: Path) -> None:

@@ -233,13 +233,15 @@ def test_client_leaving_mid_build_removes_its_container(alice, tmp_path):
     )  # fmt: skip
     try:
         for line in proc.stdout:
-            if "started" in line:
+            if line == "started\n":
                 break
-        assert build_containers(alice) != []  # the RUN is running
+        (cid,) = build_containers(alice)
+        assert processes_in(cid)  # the RUN is running
     finally:
         proc.kill()
         proc.wait()
     wait_for(lambda: build_containers(alice) == [], 20)
+    assert processes_in(cid) == []
 
 
 def test_other_clients_build(alice, docker_py, tmp_path):
@@ -296,3 +298,39 @@ def test_copy_from_a_symlink_stays_on_the_api_host_side(alice, tmp_path):
         assert build_containers(alice) == []
     finally:
         shutil.rmtree(host_dir)
+
+
+def test_build_containers_do_not_outlive_an_sdcd_restart(sdcd, alice, tmp_path):
+    """A build runs in the sdcd that serves it: after a SIGKILL, the next start removes
+    its build containers (and their addresses)."""
+    ctx = context(tmp_path / "ctx", "FROM busybox\nRUN echo started; sleep 60\n")
+    proc = subprocess.Popen(
+        ["docker", "build", "--no-cache", str(ctx)], stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, env=alice.env(), text=True,
+    )  # fmt: skip
+    try:
+        for line in proc.stdout:
+            if line == "started\n":
+                break
+        (cid,) = build_containers(alice)
+        assert processes_in(cid)
+        sdcd.proc.kill()
+        sdcd.proc.wait(10)
+    finally:
+        proc.kill()
+        proc.wait()
+    sdcd.start()
+    assert build_containers(alice) == []
+    assert processes_in(cid) == []  # the RUN's process went with its container
+
+
+def processes_in(short_id: str) -> list[str]:
+    """PIDs whose cgroup is the container's (``/sdcd/<id>``)."""
+    found = []
+    for cgroup in Path("/proc").glob("[0-9]*/cgroup"):
+        try:
+            if f"/sdcd/{short_id}" in cgroup.read_text():
+                found.append(cgroup.parent.name)
+        except OSError:
+            pass
+    return found

@@ -33,15 +33,13 @@ from sdcd import timestamps
 from sdcd.compute.interface import IStreamSink
 from sdcd.core import buildconfig, dockerfile
 from sdcd.core.buildconfig import BuildArgs, BuildError, StageState
+from sdcd.core.containers import BUILD_LABEL
 from sdcd.core.errors import InvalidArgument, NotFound
 from sdcd.core.images import Progress, require_provisioning, short_id
 from sdcd.images import reference as refs
 from sdcd.images.buildcontext import BuildContext, ContextError, parse_chown
 from sdcd.store.records import Account, ImageRecord, LayerRecord
 
-#: Label on build containers: which build made them (they are the account's, as in
-#: dockerd, and visible in ``docker ps -a`` while they exist).
-BUILD_LABEL = "com.joyent.sdcd.build"
 #: A context larger than this is refused (it is extracted on the API host).
 MAX_CONTEXT_BYTES = 4 * 1024**3
 _WILDCARD = re.compile(r"[*?\[]")

@@ -36,6 +36,9 @@ from sdcd.store.interface import AlreadyExists
 from sdcd.store.records import Account, ContainerRecord, ContainerState, LayerRecord
 
 PACKAGE_LABEL = "com.joyent.package"
+#: On ``docker build``'s containers: which build made them. A build lives in the sdcd
+#: process that runs it, so one that outlived its sdcd is removed when sdcd starts.
+BUILD_LABEL = "com.joyent.sdcd.build"
 NETWORK_NAME = "bridge"
 DEFAULT_STOP_TIMEOUT = 10
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -617,7 +620,7 @@ class ContainerService:
         node_id = self._compute.node_id
         held = await self._compute.list()
         known = await self._store.node_containers(node_id)
-        lost, orphans = [], []
+        lost, orphans, builds = [], [], []
         known_ids = set()
         for login, cid in known:
             found = await self._store.get_container(login, cid)
@@ -625,6 +628,10 @@ class ContainerService:
                 continue
             known_ids.add(cid)
             record, state = found
+            if BUILD_LABEL in (record.config.get("Labels") or {}):
+                builds.append(cid)
+                await self._remove_leftover_build(record, state)
+                continue
             if cid in held:
                 await self._update(record, "sync", held[cid])
             else:
@@ -638,7 +645,15 @@ class ContainerService:
                 await self._compute.remove(cid)
                 await self._ipam.release(self._network["name"], cid)
         leaked = await self._release_leaked_addresses(known_ids | set(held))
-        return {"lost": lost, "orphans": orphans, "leaked_ips": leaked}
+        return {"lost": lost, "orphans": orphans, "leaked_ips": leaked, "builds": builds}
+
+    async def _remove_leftover_build(self, record: ContainerRecord, state) -> None:
+        try:
+            await self._destroy(record, state)
+        except Exception:  # the node lost it: the record and address still go
+            self.log.failure("removing build container {cid}", cid=record.id)
+            await self._store.delete_container(record)
+            await self._ipam.release(self._network["name"], record.id)
 
     async def _release_leaked_addresses(self, owners: set[str]) -> list[str]:
         """Addresses whose owner is no container at all (a create that crashed between

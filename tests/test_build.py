@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -334,3 +335,48 @@ def processes_in(short_id: str) -> list[str]:
         except OSError:
             pass
     return found
+
+
+def test_run_output_waits_for_a_slow_reader(sdcd, alice, tmp_path):
+    """A RUN's output reaches the client as the client reads it: while it reads slowly
+    sdcd's memory stays put (the node stops reading the container), then all of it
+    arrives and the build ends."""
+    import socket
+
+    from tests.hijackclient import tls_context
+
+    body = io.BytesIO()
+    with tarfile.open(fileobj=body, mode="w") as t:
+        dockerfile = b"FROM busybox\nRUN yes 0123456789abcdef | head -c 100000000\n"
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        t.addfile(info, io.BytesIO(dockerfile))
+    data = body.getvalue()
+
+    def rss() -> int:
+        status = Path(f"/proc/{sdcd.proc.pid}/status").read_text()
+        return int(next(x.split()[1] for x in status.splitlines() if x.startswith("VmRSS:")))
+
+    before = rss()
+    raw = socket.create_connection(("localhost", sdcd.docker_port))
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    with tls_context(sdcd.ca_path, alice.identity).wrap_socket(
+        raw, server_hostname="localhost"
+    ) as s:
+        s.sendall(b"POST /v1.41/build?nocache=1 HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/x-tar\r\n"
+                  + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)  # fmt: skip
+        got = bytearray()
+        for _ in range(40):
+            got += s.recv(16384)
+            time.sleep(0.05)
+        grown = rss() - before
+        assert grown < 64 * 1024, f"sdcd grew {grown} KiB for a slow reader"
+        while b'"aux"' not in got[-4096:]:
+            chunk = s.recv(1 << 20)
+            assert chunk, "the stream ended before the build did"
+            got += chunk
+    text = got.decode(errors="replace")
+    # (HTTP chunks and JSON messages cut some lines: nearly all of them are whole)
+    assert text.count("0123456789abcdef") >= 0.99 * 100_000_000 // 17
+    assert build_containers(alice) == []

@@ -81,6 +81,9 @@ def test_multi_stage_build_runs_and_second_build_is_all_cache(alice, tmp_path):
     assert info["Config"]["Labels"] == {"org.example.stage": "final"}
     assert info["Config"]["User"] == "1000" and info["Config"]["WorkingDir"] == "/app"
     assert build_containers(alice) == []  # the build containers are gone
+    # history names each step's image (busybox's own first layer is not an image here)
+    ids = alice.ok("history", "-q", name).split()
+    assert len(ids) == 10 and ids.count("<missing>") == 1 and ids[0] == info["Id"][7:19]
 
     again = build(alice, ctx, "-t", name, "--build-arg", "GREETING=hi")
     assert again.returncode == 0, again.stderr

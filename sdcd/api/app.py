@@ -273,8 +273,8 @@ class DockerAPI:
 
     @app.route("/images/<path:name>/history", methods=["GET"])
     async def image_history(self, request, name: str) -> bytes:
-        image = await self._images.resolve(request.sdcd_account, name)
-        return json_body(request, render_images.history_body(image, self._images.config(image)))
+        chain = await self._images.history(request.sdcd_account, name)
+        return json_body(request, render_images.history_body(chain))
 
     @app.route("/images/<path:name>/push", methods=["POST"])
     async def push_image(self, request, name: str) -> bytes:

@@ -83,21 +83,26 @@ def list_entry(image: ImageRecord, config: dict[str, Any], digests: bool) -> dic
     return entry
 
 
-def history_body(image: ImageRecord, config: dict[str, Any]) -> list[dict]:
-    """``GET /images/{name}/history``: newest first, the top entry carries the id."""
+def history_body(chain: list[tuple[ImageRecord, dict[str, Any]]]) -> list[dict]:
+    """``GET /images/{name}/history``: newest first. ``chain`` is the image and the
+    parents the account has, each with its config: an entry carries the id (and tags)
+    of the image that added it, ``<missing>`` when that image is not here (as dockerd)."""
+    image, config = chain[0]
     history = config.get("history") or []
     layers = list(image.layers)
+    by_length = {len(c.get("history") or []): i for i, c in chain}
     entries = []
-    for item in history:
+    for n, item in enumerate(history, start=1):
         size = 0
         if not item.get("empty_layer") and layers:
             size = layers.pop(0).size
+        owner = by_length.get(n)
         entries.append(
             {
-                "Id": "<missing>",
+                "Id": owner.id if owner else "<missing>",
                 "Created": _unix(item.get("created", "")),
                 "CreatedBy": item.get("created_by", ""),
-                "Tags": None,
+                "Tags": (repo_tags(owner) or None) if owner else None,
                 "Size": size,
                 "Comment": item.get("comment", ""),
             }

@@ -80,6 +80,10 @@ def _registry_problem(e: RegistryError, ref: refs.Reference) -> CoreError:
     return PullError(e.message)
 
 
+#: ``docker history`` follows at most this many parents (a Dockerfile has fewer steps).
+MAX_HISTORY_PARENTS = 1000
+
+
 class ImageService:
     """Pull, list, inspect, tag and delete the images of one account at a time."""
 
@@ -524,6 +528,20 @@ class ImageService:
     def config(self, image: ImageRecord) -> dict[str, Any]:
         """The image's config document (a small blob)."""
         return json.loads(self._blobs.read(image.id))
+
+    async def history(self, account: Account, name: str) -> list[tuple[ImageRecord, dict]]:
+        """The image and its parents the account still has (``docker history`` names
+        them; a build's or commit's), newest first, each with its config document."""
+        image = await self.resolve(account, name)
+        chain = [(image, self.config(image))]
+        seen = {image.id}
+        while chain[-1][0].parent and len(chain) < MAX_HISTORY_PARENTS:
+            parent = await self._records.get_image(account.login, chain[-1][0].parent)
+            if parent is None or parent.id in seen:
+                break
+            seen.add(parent.id)
+            chain.append((parent, self.config(parent)))
+        return chain
 
     # -- names ------------------------------------------------------------------------
 

@@ -383,3 +383,17 @@ def test_run_output_waits_for_a_slow_reader(sdcd, alice, tmp_path):
     # (HTTP chunks and JSON messages cut some lines: nearly all of them are whole)
     assert text.count("0123456789abcdef") >= 0.99 * 100_000_000 // 17
     assert build_containers(alice) == []
+
+
+def test_an_ignored_dockerfile_does_not_bust_the_cache(alice, tmp_path):
+    files = {"app.py": "print(1)\n", ".dockerignore": "Dockerfile\n.dockerignore\n"}
+    ctx = context(tmp_path / "ctx", "FROM busybox\nCOPY . /app/\nCMD ls -A /app\n", files)
+    name = tag()
+    assert build(alice, ctx, "-t", name).returncode == 0
+    assert alice.ok("run", "--rm", name) == "app.py\n"
+    (ctx / "Dockerfile").write_text(
+        "# a comment changes nothing\n" + (ctx / "Dockerfile").read_text()
+    )
+    r = build(alice, ctx, "-t", name)
+    assert r.returncode == 0 and r.stdout.count("Using cache") == 2, r.stdout
+    alice.ok("rmi", name)

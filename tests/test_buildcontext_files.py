@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sdcd.images.buildcontext import BuildContext, ContextError, parse_chown
+from sdcd.images.buildcontext import BuildContext, ContextError, ignored, parse_chown
 
 
 def tar_of(entries: list[tuple[str, str, bytes | str]], mode: str = "w") -> io.BytesIO:
@@ -151,6 +151,7 @@ def test_parse_chown():
     assert parse_chown("1000", None, None) == (1000, 1000)
     assert parse_chown("1:2", None, None) == (1, 2)
     assert parse_chown("app", passwd, group) == (1000, 1001)
+    assert parse_chown("app", passwd, group + "app:x:77:\n") == (1000, 77)
     assert parse_chown("app:staff", passwd, group) == (1000, 50)
     for bad in ("nobody", "app:nogroup", ":1"):
         with pytest.raises(ContextError, match="unable to convert uid/gid"):
@@ -174,3 +175,26 @@ def test_add_tar_never_writes_through_a_symlink_it_placed(tmp_path):
     ctx.add_tar(tar_of([("out", "dir", b""), ("out/one", "file", b"1")]), "/", 10**6)
     ctx.add_tar(tar_of([("two", "file", b"2")]), "/out", 10**6)
     assert sorted(p.name for p in (ctx.root / "out").iterdir()) == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    ("patterns", "name", "expected"),
+    [
+        (["Dockerfile"], "Dockerfile", True),
+        (["*"], ".dockerignore", True),
+        (["*", "!Dockerfile"], "Dockerfile", False),
+        (["**/Dockerfile"], "Dockerfile", True),
+        (["# Dockerfile", "Docker*"], "Dockerfile", True),
+        (["src"], "Dockerfile", False),
+    ],
+)
+def test_dockerignore_names(patterns, name, expected):
+    assert ignored(name, patterns) is expected
+
+
+def test_dockerfile_and_dockerignore_leave_the_context_when_ignored(tmp_path):
+    entries = [("Dockerfile", "file", b"FROM x\n"), (".dockerignore", "file", b"Dockerfile\n"),
+               ("app.py", "file", b"1")]  # fmt: skip
+    ctx = BuildContext.extract(tar_of(entries), tmp_path / "c", 10**6)
+    assert ctx.dockerfile("Dockerfile") == "FROM x\n"
+    assert sorted(p.name for p in ctx.root.iterdir()) == [".dockerignore", "app.py"]

@@ -89,8 +89,27 @@ class BuildContext:
             if path is not None and path.is_file():
                 if path.stat().st_size > MAX_DOCKERFILE:
                     raise ContextError(f"the Dockerfile ({name}) is larger than 1 MiB")
-                return path.read_text(encoding="utf-8", errors="replace")
+                text = path.read_text(encoding="utf-8", errors="replace")
+                self._drop_ignored((rel, ".dockerignore"))
+                return text
         raise ContextError(f"Cannot locate specified Dockerfile: {name}")
+
+    def _drop_ignored(self, names: tuple[str, ...]) -> None:
+        """The CLI always sends the Dockerfile and .dockerignore; dockerd then removes
+        them when .dockerignore excludes them, so that ``COPY .`` (and its cache key)
+        does not see them. The same here."""
+        ignore = self.root / ".dockerignore"
+        if ignore.is_symlink() or not ignore.is_file():
+            return
+        patterns = ignore.read_text(encoding="utf-8", errors="replace").splitlines()
+        for name in names:
+            path = self.root / name
+            if (
+                "/" not in name
+                and (path.is_file() or path.is_symlink())
+                and ignored(name, patterns)
+            ):
+                path.unlink()
 
     # -- sources ---------------------------------------------------------------------
 
@@ -228,9 +247,27 @@ class BuildContext:
         writer.close()
 
 
+def ignored(name: str, patterns: list[str]) -> bool:
+    """Whether a top-level ``name`` is excluded by .dockerignore ``patterns`` (the last
+    matching line decides; ``!`` lines re-include; ``**/`` matches any depth)."""
+    excluded = False
+    for line in patterns:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = posixpath.normpath(line.lstrip("!").strip().lstrip("/"))
+        while pattern.startswith("**/"):
+            pattern = pattern[3:]
+        if fnmatch.fnmatchcase(name, _go_pattern(pattern)) or pattern == "**":
+            excluded = not negate
+    return excluded
+
+
 def parse_chown(spec: str, passwd: str | None, group: str | None) -> tuple[int, int]:
     """``--chown=user[:group]``: ids, or names looked up in the image's /etc/passwd and
-    /etc/group; a user alone gets its primary group (a numeric one: the same id)."""
+    /etc/group; a user alone gets the group of its name (else its primary group; a
+    numeric one: the same id)."""
     user, _, grp = spec.partition(":")
     if not user:
         raise ContextError(f"unable to convert uid/gid chown string to host mapping: {spec}")
@@ -245,7 +282,9 @@ def parse_chown(spec: str, passwd: str | None, group: str | None) -> tuple[int, 
             )
         uid, primary = int(entry[2]), int(entry[3])
     if not grp:
-        return uid, primary
+        # dockerd looks for a group of the user's name; without one, its primary group
+        same = None if user.isdigit() else _lookup(group, user)
+        return uid, int(same[2]) if same else primary
     if grp.isdigit():
         return uid, int(grp)
     entry = _lookup(group, grp)

@@ -4,6 +4,7 @@ by another account, tenancy and provisioning."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -229,21 +230,30 @@ def test_unapproved_account_may_not_build(sdcd, registry, tmp_path):
     assert r.returncode != 0 and "provision" in r.stderr.lower()
 
 
-def test_client_leaving_mid_build_removes_its_container(alice, tmp_path):
-    ctx = context(tmp_path / "ctx", "FROM busybox\nRUN echo started; sleep 60\n")
+@contextlib.contextmanager
+def running_build(u: User, root: Path):
+    """A ``docker build`` whose RUN is running (its build container's id), killed at
+    the end of the block."""
+    ctx = context(root, "FROM busybox\nRUN echo started; sleep 60\n")
     proc = subprocess.Popen(
         ["docker", "build", "--no-cache", str(ctx)], stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, env=alice.env(), text=True,
+        stderr=subprocess.DEVNULL, env=u.env(), text=True,
     )  # fmt: skip
     try:
         for line in proc.stdout:
             if line == "started\n":
                 break
-        (cid,) = build_containers(alice)
+        (cid,) = build_containers(u)
         assert processes_in(cid)  # the RUN is running
+        yield cid
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_client_leaving_mid_build_removes_its_container(alice, tmp_path):
+    with running_build(alice, tmp_path / "ctx") as cid:
+        pass
     wait_for(lambda: build_containers(alice) == [], 20)
     assert processes_in(cid) == []
 
@@ -307,22 +317,9 @@ def test_copy_from_a_symlink_stays_on_the_api_host_side(alice, tmp_path):
 def test_build_containers_do_not_outlive_an_sdcd_restart(sdcd, alice, tmp_path):
     """A build runs in the sdcd that serves it: after a SIGKILL, the next start removes
     its build containers (and their addresses)."""
-    ctx = context(tmp_path / "ctx", "FROM busybox\nRUN echo started; sleep 60\n")
-    proc = subprocess.Popen(
-        ["docker", "build", "--no-cache", str(ctx)], stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, env=alice.env(), text=True,
-    )  # fmt: skip
-    try:
-        for line in proc.stdout:
-            if line == "started\n":
-                break
-        (cid,) = build_containers(alice)
-        assert processes_in(cid)
+    with running_build(alice, tmp_path / "ctx") as cid:
         sdcd.proc.kill()
         sdcd.proc.wait(10)
-    finally:
-        proc.kill()
-        proc.wait()
     sdcd.start()
     assert build_containers(alice) == []
     assert processes_in(cid) == []  # the RUN's process went with its container

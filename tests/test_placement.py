@@ -7,7 +7,7 @@ import time
 import pytest
 
 from sdcd.core.errors import InvalidArgument
-from sdcd.core.placement import Node, NoPlacement, Placed, parse_rules, place
+from sdcd.core.placement import Node, NoPlacement, Placed, node_views, parse_rules, place
 
 NODES = [Node("cn1", True, 4096, 4096, 10_000), Node("cn2", True, 4096, 3000, 10_000),
          Node("cn3", True, 4096, 4096, 10_000)]  # fmt: skip
@@ -118,3 +118,14 @@ def test_hostile_patterns_stay_fast():
     started = time.monotonic()
     place(NODES, many, rules("tag!=/(a+)+b/", "container!=*a*a*a*a*b"), 512)
     assert time.monotonic() - started < 2.0
+
+
+def test_node_views_from_the_registry():
+    records = [
+        {"id": "cn1", "memory": 4096, "disk": 100, "last_seen": 95.0, "reserved_memory": 1024,
+         "reserved_disk": 10},
+        {"id": "cn2", "memory": 4096, "disk": 100, "last_seen": 80.0},
+    ]  # fmt: skip
+    one, two = node_views(records, now=100.0, window=15.0, overcommit=1.5)
+    assert one == Node("cn1", True, 6144, 5120, 90)
+    assert two.up is False and two.memory_free == 6144

@@ -86,6 +86,27 @@ class Rule:
         return any(self._match(c) for c in candidates)
 
 
+def node_views(
+    records: Iterable[Mapping], now: float, window: float, overcommit: float = 1.0
+) -> list[Node]:
+    """The registry's node records as placement sees them: up while the last heartbeat
+    is within ``window`` seconds; free memory is capacity x ``overcommit`` less what is
+    reserved (never below 0)."""
+    views = []
+    for r in records:
+        memory = int(r["memory"] * overcommit)
+        views.append(
+            Node(
+                id=r["id"],
+                up=now - r["last_seen"] <= window,
+                memory_total=memory,
+                memory_free=max(0, memory - r.get("reserved_memory", 0)),
+                disk_free=max(0, r["disk"] - r.get("reserved_disk", 0)),
+            )
+        )
+    return views
+
+
 class NoPlacement(Unprocessable):
     """No node can take the container; the message says which rule or resource."""
 

@@ -1,0 +1,66 @@
+"""The node registry against a real Redis: registration, heartbeats, and reservations
+that never overcommit a node under concurrency."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from sdcd.store import redis as redis_store
+from sdcd.store.nodes import RedisNodeRegistry, UnknownNode
+
+INFO = {"hostname": "cn1", "address": "10.99.0.11", "memory": 4096, "disk": 10_000,
+        "cpus": 8, "subnet": "10.210.1.0/24"}  # fmt: skip
+
+
+@pytest.fixture
+def pool(redis_url):
+    pool = pytest_twisted.blockon(redis_store.connect(redis_url))
+    yield pool
+    pytest_twisted.blockon(pool.disconnect())
+
+
+@pytest.fixture
+def registry(pool, key_prefix):
+    return RedisNodeRegistry(pool, key_prefix)
+
+
+@pytest_twisted.ensureDeferred
+async def test_register_heartbeat_and_list(registry):
+    await registry.register("cn1", INFO, 100.0)
+    await registry.register("cn2", {**INFO, "hostname": "cn2"}, 101.0)
+    await registry.heartbeat("cn1", 130.5)
+    nodes = {n["id"]: n for n in await registry.nodes()}
+    assert nodes["cn1"]["last_seen"] == 130.5 and nodes["cn2"]["last_seen"] == 101.0
+    assert nodes["cn1"]["memory"] == 4096 and nodes["cn1"]["reserved_memory"] == 0
+    with pytest.raises(ValueError):
+        await registry.register("cn3", {"hostname": "x"}, 1.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reserve_until_full_then_release(registry):
+    await registry.register("cn1", INFO, 1.0)
+    assert await registry.reserve("cn1", "a", 2048, 100)
+    assert await registry.reserve("cn1", "a", 2048, 100)  # idempotent per owner
+    assert await registry.reserve("cn1", "b", 2048, 100)
+    assert not await registry.reserve("cn1", "c", 1, 0)  # memory full
+    assert await registry.reserve("cn1", "c", 1024, 0, overcommit=1.25)
+    node = (await registry.nodes())[0]
+    assert (node["reserved_memory"], node["reserved_disk"]) == (5120, 200)
+    assert await registry.release("cn1", "a") and not await registry.release("cn1", "a")
+    assert await registry.reservations("cn1") == {"b": (2048, 100), "c": (1024, 0)}
+    assert not await registry.reserve("cn1", "d", 1, 20_000)  # disk
+    with pytest.raises(UnknownNode):
+        await registry.reserve("nope", "x", 1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_reservations_never_overcommit(registry):
+    await registry.register("cn1", INFO, 1.0)
+    results = await defer.gatherResults(
+        [defer.ensureDeferred(registry.reserve("cn1", f"c{i}", 128, 0)) for i in range(100)]
+    )
+    assert sum(results) == 4096 // 128  # exactly as many as fit
+    node = (await registry.nodes())[0]
+    assert node["reserved_memory"] == 4096

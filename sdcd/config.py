@@ -75,6 +75,7 @@ class Config:
     log_file: Path | None
     insecure_registries: tuple[str, ...] = ()
     registry_timeout: int = 15
+    max_builds_per_account: int = 4
     registry_ca_files: tuple[Path, ...] = ()
     compute: ComputeConfig = attrs.field(factory=lambda: ComputeConfig())
     packages: tuple = ()
@@ -223,6 +224,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any, str], Any], Any]]] = {
         "insecure_registries": (_host_list, ()),
         "registry_timeout": (_positive_int, 15),
         "ca_files": (_path_list, ()),
+        "max_builds_per_account": (_positive_int, 4),
     },
     "compute": {
         "bridge": (_bridge_name, "sdcd0"),
@@ -297,6 +299,7 @@ def parse(text: str, path: Path) -> Config:
         log_file=_path(base, log["file"]),
         insecure_registries=images["insecure_registries"],
         registry_timeout=images["registry_timeout"],
+        max_builds_per_account=images["max_builds_per_account"],
         registry_ca_files=tuple(_path(base, p) for p in images["ca_files"]),
     )
 

@@ -161,7 +161,13 @@ class SdcdService(service.MultiService):
         images = ImageService(store, blobs, self.registry)
         containers = await self._open_compute(store, pool, images, blobs)
         exec_routes = ExecRoutes(ExecService(store, containers, self.compute))
-        build = BuildService(containers, images, store, self.config.data_dir / "build")
+        build = BuildService(
+            containers,
+            images,
+            store,
+            self.config.data_dir / "build",
+            self.config.max_builds_per_account,
+        )
         api = DockerAPI(
             system,
             images,

@@ -394,3 +394,24 @@ def test_an_ignored_dockerfile_does_not_bust_the_cache(alice, tmp_path):
     r = build(alice, ctx, "-t", name)
     assert r.returncode == 0 and r.stdout.count("Using cache") == 2, r.stdout
     alice.ok("rmi", name)
+
+
+def test_builds_per_account_are_limited(registry, tmp_path):
+    """An operator's ``max_builds_per_account``: one more build gets 429 and leaves
+    nothing behind; other accounts build meanwhile."""
+    daemons = running_daemon(tmp_path / "d", extra="[images]\nmax_builds_per_account = 1\n")
+    daemon = next(daemons)
+    try:
+        dave = busybox_user(daemon, tmp_path / "dave", registry, "dave")
+        erin = busybox_user(daemon, tmp_path / "erin", registry, "erin")
+        with running_build(dave, tmp_path / "first"):
+            r = build(dave, context(tmp_path / "second", "FROM busybox\nRUN true\n"))
+            assert r.returncode != 0 and "already runs 1 builds" in r.stderr, r.stderr
+            assert len(build_containers(dave)) == 1
+            r = build(erin, context(tmp_path / "third", "FROM busybox\nRUN true\n"))
+            assert r.returncode == 0, r.stderr
+        wait_for(lambda: build_containers(dave) == [], 20)
+        r = build(dave, context(tmp_path / "fourth", "FROM busybox\nRUN true\n"))
+        assert r.returncode == 0, r.stderr
+    finally:
+        daemons.close()

@@ -21,6 +21,7 @@ STATUS = {
     errors.NotImplementedYet: 501,
     errors.NotModified: 304,
     errors.Unprocessable: 422,
+    errors.TooManyRequests: 429,
 }
 
 

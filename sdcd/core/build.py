@@ -11,6 +11,7 @@ only ever gets a checked tar through the same path as ``docker cp``.
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import copy
 import json
@@ -34,7 +35,7 @@ from sdcd.compute.interface import IStreamSink
 from sdcd.core import buildconfig, dockerfile
 from sdcd.core.buildconfig import BuildArgs, BuildError, StageState
 from sdcd.core.containers import BUILD_LABEL
-from sdcd.core.errors import InvalidArgument, NotFound
+from sdcd.core.errors import InvalidArgument, NotFound, TooManyRequests
 from sdcd.core.images import Progress, require_provisioning, short_id
 from sdcd.images import reference as refs
 from sdcd.images.buildcontext import BuildContext, ContextError, parse_chown
@@ -76,11 +77,13 @@ class BuildOptions:
 class BuildService:
     """Runs builds; one ``_Build`` per request."""
 
-    def __init__(self, containers, images, cache, workdir: Path) -> None:
+    def __init__(self, containers, images, cache, workdir: Path, max_per_account: int = 4) -> None:
         self.containers = containers
         self.images = images
         self.cache = cache
         self._workdir = workdir
+        self._max_per_account = max_per_account
+        self._running: collections.Counter[str] = collections.Counter()
 
     def check(self, account: Account, options: BuildOptions) -> list[str]:
         """Before the context is read: provisioning and the tags (400 for a bad one)."""
@@ -99,6 +102,19 @@ class BuildService:
         """Build; answer the image id. ``CoreError`` for a failure (the route streams it
         once output has started)."""
         names = self.check(account, options)
+        if self._running[account.login] >= self._max_per_account:
+            raise TooManyRequests(
+                f"{account.login} already runs {self._max_per_account} builds: wait for one to end"
+            )
+        self._running[account.login] += 1
+        try:
+            return await self._build(account, context, options, out, names)
+        finally:
+            self._running[account.login] -= 1
+            if not self._running[account.login]:
+                del self._running[account.login]
+
+    async def _build(self, account, context, options, out, names: list[str]) -> str:
         self._workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = Path(tempfile.mkdtemp(prefix="build-", dir=self._workdir))
         build = _Build(self, account, options, out, tmp)

@@ -44,5 +44,9 @@ class NotModified(CoreError):
         super().__init__(message)
 
 
+class TooManyRequests(CoreError):
+    """The account already runs as many of these as the operator allows."""
+
+
 class Unprocessable(CoreError):
     """Well-formed but unsatisfiable (SDC: no package fits the constraints)."""

@@ -1,4 +1,5 @@
-"""``sdcd-admin``: the operator's tool for accounts and their SSH keys.
+"""``sdcd-admin``: the operator's tool for accounts, their SSH keys, and the compute
+nodes' TLS identities.
 
 It works on the same Redis as sdcd. In the embedded mode it uses sdcd's private
 redis-server when sdcd is running, and otherwise starts that server itself for the
@@ -18,6 +19,7 @@ from pathlib import Path
 from twisted.internet import defer, task
 
 from sdcd import config as sdcd_config
+from sdcd.auth import internal
 from sdcd.auth.sshkeys import SSHKeyError, parse_authorized_keys
 from sdcd.core.accounts import AccountService
 from sdcd.core.errors import CoreError, InvalidArgument
@@ -63,7 +65,36 @@ def _parser() -> argparse.ArgumentParser:
     remove = verbs.add_parser("remove", help="remove a key by name or MD5 fingerprint")
     remove.add_argument("login")
     remove.add_argument("key")
+
+    node = what.add_parser("node", help="enrol a compute node (its agent's TLS identity)")
+    verbs = node.add_subparsers(dest="verb", required=True)
+    enrol = verbs.add_parser("enrol", help="issue the node's certificate from the internal CA")
+    enrol.add_argument("node_id")
+    enrol.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        required=True,
+        help="an address or host name sdcd reaches the node by (repeatable)",
+    )
+    enrol.add_argument("--out", required=True, help="directory for ca.pem, node.pem, node-key.pem")
+    api = what.add_parser("api-cert", help="issue an sdcd instance's certificate for the agents")
+    api.add_argument("name")
+    api.add_argument("--out", required=True, help="directory for ca.pem, api.pem, api-key.pem")
     return parser
+
+
+def _pki(config: sdcd_config.Config, args: argparse.Namespace) -> None:
+    """Certificates from the internal CA (made on first use under data_dir); no Redis."""
+    ca_cert, ca_key = internal.internal_ca(config.data_dir, config.datacenter)
+    if args.what == "node":
+        material = internal.issue(ca_cert, ca_key, "node", args.node_id, args.name)
+        material.write(Path(args.out), "node")
+        print(f"node {args.node_id}: {args.out}/node.pem, node-key.pem, ca.pem")
+    else:
+        material = internal.issue(ca_cert, ca_key, "api", args.name, [])
+        material.write(Path(args.out), "api")
+        print(f"api {args.name}: {args.out}/api.pem, api-key.pem, ca.pem")
 
 
 def _read_keys(args: argparse.Namespace) -> list[str]:
@@ -190,6 +221,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = sdcd_config.load(args.config)
     except sdcd_config.ConfigError as e:
         sys.exit(f"sdcd-admin: {e}")
+
+    if args.what in ("node", "api-cert"):
+        try:
+            _pki(config, args)
+        except (internal.PKIError, OSError) as e:
+            sys.exit(f"sdcd-admin: {e}")
+        return
 
     async def run(reactor) -> None:
         try:

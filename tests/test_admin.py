@@ -174,3 +174,22 @@ def test_key_without_comment_is_named_by_fingerprint(sdcd):
     line = " ".join(openssh_line(make_key("ed25519")).split()[:2])
     added = json.loads(sdcd.admin("--json", "key", "add", "nocomment", line).stdout)[0]
     assert added["name"] == added["fingerprint"]
+
+
+def test_node_enrolment_and_api_certificate(sdcd, tmp_path):
+    from cryptography import x509
+
+    from sdcd.auth import internal
+
+    out = tmp_path / "cn1"
+    result = sdcd.admin("node", "enrol", "cn1", "--name", "10.99.0.11", "--out", str(out))
+    assert "node cn1" in result.stdout
+    node = internal.Material.read(out, "node")
+    cert = x509.load_pem_x509_certificate(node.cert_pem)
+    assert internal.identity(cert) == internal.Identity("node", "cn1")
+    result = sdcd.admin("api-cert", "sdcd-a", "--out", str(tmp_path / "api"))
+    api = internal.Material.read(tmp_path / "api", "api")
+    assert api.ca_pem == node.ca_pem  # one internal CA, kept under data_dir
+    assert api.ca_pem != (sdcd.data_dir / "tls" / "ca.pem").read_bytes()  # not the clients'
+    assert_fails(sdcd.admin("node", "enrol", "a:b", "--name", "x", "--out", str(tmp_path / "x"),
+                            check=False), "invalid node name")  # fmt: skip

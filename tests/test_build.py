@@ -415,3 +415,25 @@ def test_builds_per_account_are_limited(registry, tmp_path):
         assert r.returncode == 0, r.stderr
     finally:
         daemons.close()
+
+
+def test_from_a_private_registry_uses_the_clients_logins(alice, tmp_path):
+    """The CLI sends its logins in X-Registry-Config; FROM pulls with the one for the
+    image's registry."""
+    from tests.imagebuilder import busybox_image, push
+    from tests.registry import Registry
+
+    with Registry("htpasswd", {"ann": "s3cret"}, anonymous_pull=False) as private:
+        push(private.url, "secret/base", "latest", busybox_image(), auth=private.credentials)
+        ctx = context(tmp_path / "ctx", f"FROM {private.host}/secret/base\nRUN true\n")
+        r = build(alice, ctx)
+        assert r.returncode != 0, r.stdout
+        login = alice.docker("login", "-u", "ann", "--password-stdin", private.host,
+                             input="s3cret\n")  # fmt: skip
+        assert login.returncode == 0, login.stderr
+        try:
+            r = build(alice, ctx, "-t", "fromprivate")
+            assert r.returncode == 0, r.stdout + r.stderr
+            alice.ok("rmi", "fromprivate")
+        finally:
+            alice.docker("logout", private.host)

@@ -28,6 +28,7 @@ from sdcd.api.root import DockerRoot, LoggingSite
 from sdcd.auth import tls as sdcd_tls
 from sdcd.auth.accounts import Authenticator
 from sdcd.cloudapi.app import CloudAPI
+from sdcd.compute.heartbeat import Heartbeat, local_node_info
 from sdcd.compute.host import host_facts
 from sdcd.compute.local import LocalCompute
 from sdcd.compute.network import BridgeConfig
@@ -43,6 +44,7 @@ from sdcd.images.tls import SystemAndExtraCAs
 from sdcd.store import redis as redis_store
 from sdcd.store.embedded import EmbeddedRedis, EmbeddedRedisError
 from sdcd.store.ipam import RedisIPAllocator
+from sdcd.store.nodes import RedisNodeRegistry
 
 DEFAULT_CONFIG = "/etc/sdcd/sdcd.toml"
 
@@ -91,6 +93,7 @@ class SdcdService(service.MultiService):
         self.store = None
         self.registry = None
         self.compute = None
+        self.heartbeat = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def check(self) -> None:
@@ -150,7 +153,9 @@ class SdcdService(service.MultiService):
 
     async def _wire(self, store, pool) -> None:
         authenticator = Authenticator(store, time.time, self.config.clock_skew)
-        system = SystemService(store, self.config.datacenter, host_facts())
+        facts = host_facts()
+        nodes = RedisNodeRegistry(pool, self.config.redis.prefix)
+        system = SystemService(store, self.config.datacenter, facts, nodes)
         blobs = FileBlobStore(self.config.data_dir / "blobs", self._reactor)
         self.registry = RegistryClient(
             self._reactor,
@@ -160,6 +165,15 @@ class SdcdService(service.MultiService):
         )
         images = ImageService(store, blobs, self.registry)
         containers = await self._open_compute(store, pool, images, blobs)
+        info = local_node_info(
+            self.config.public_host,
+            self.config.compute.subnet,
+            self.config.data_dir,
+            facts.mem_total,
+            facts.ncpu,
+        )
+        self.heartbeat = Heartbeat(nodes, self.compute.node_id, info, self._reactor)
+        await self.heartbeat.start()
         exec_routes = ExecRoutes(ExecService(store, containers, self.compute))
         build = BuildService(
             containers,
@@ -223,6 +237,8 @@ class SdcdService(service.MultiService):
     async def _stop(self) -> None:
         for port in self.ports.values():
             await port.stopListening()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         if self.compute is not None:
             await self.compute.close()
         if self.registry is not None:

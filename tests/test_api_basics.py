@@ -3,6 +3,7 @@ and the request log."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -75,6 +76,9 @@ def test_info_sdc_fields(sdcd, identity):
     assert info["Name"] == "testdc"
     assert (info["Containers"], info["Images"]) == (0, 0)
     assert info["NCPU"] >= 1 and info["MemTotal"] > 0
+    # the in-process node registered itself (the datacenter's capacity is the nodes')
+    assert ["Compute nodes", "1"] in info["DriverStatus"]
+    assert info["NCPU"] == os.cpu_count()
     assert info["Swarm"]["LocalNodeState"] == "inactive"
     assert "ExecutionDriver" not in info
     old = call(sdcd, identity, "GET", "/v1.24/info").json()

@@ -64,3 +64,47 @@ async def test_concurrent_reservations_never_overcommit(registry):
     assert sum(results) == 4096 // 128  # exactly as many as fit
     node = (await registry.nodes())[0]
     assert node["reserved_memory"] == 4096
+
+
+@pytest_twisted.ensureDeferred
+async def test_heartbeat_registers_then_beats(registry):
+    from twisted.internet import task
+
+    from sdcd.compute.heartbeat import Heartbeat
+    from sdcd.store.nodes import HEARTBEAT_SECONDS
+
+    clock = task.Clock()
+    clock.advance(1000)
+    beat = Heartbeat(registry, "cn9", INFO, clock)
+    await beat.start()
+    assert (await registry.nodes())[0]["last_seen"] == 1000
+    clock.advance(HEARTBEAT_SECONDS)
+    for _ in range(50):  # the beat is one Redis write away
+        if (await registry.nodes())[0]["last_seen"] == 1000 + HEARTBEAT_SECONDS:
+            break
+        await task.deferLater(reactor(), 0.01, lambda: None)
+    assert (await registry.nodes())[0]["last_seen"] == 1000 + HEARTBEAT_SECONDS
+    beat.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_docker_info_counts_the_nodes_that_are_up(registry, pool, key_prefix):
+    from sdcd.compute.host import host_facts
+    from sdcd.core.system import SystemService
+    from sdcd.store.nodes import DOWN_AFTER_SECONDS
+    from sdcd.store.records import Account
+
+    await registry.register("cn1", INFO, 1000.0)
+    await registry.register("cn2", {**INFO, "cpus": 4, "memory": 2048}, 1000.0)
+    await registry.register("cn3", INFO, 1000.0 - DOWN_AFTER_SECONDS - 1)
+    store = redis_store.RedisStateStore(pool, key_prefix)
+    system = SystemService(store, "dc", host_facts(), registry, clock=lambda: 1000.0)
+    view = await system.view(Account(login="x", uuid="u", created="t"))
+    assert (view.nodes, view.nodes_down, view.ncpu) == (2, 1, 12)
+    assert view.mem_total == (4096 + 2048) * 1024 * 1024
+
+
+def reactor():
+    from twisted.internet import reactor as the_reactor
+
+    return the_reactor

@@ -51,6 +51,7 @@ def info_body(view: AccountView, version: str, api: tuple[int, int]) -> dict:
         "DriverStatus": [
             ["SDCAccount", view.login],
             ["Compute nodes", str(view.nodes)],
+            *([["Compute nodes down", str(view.nodes_down)]] if view.nodes_down else []),
         ],
         "SystemStatus": None,
         "Plugins": {

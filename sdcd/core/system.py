@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import attrs
 
 from sdcd import __version__
+from sdcd.store.nodes import DOWN_AFTER_SECONDS
 from sdcd.store.records import Account
 
 
@@ -24,6 +27,7 @@ class AccountView:
     mem_total: int
     kernel_version: str
     architecture: str
+    nodes_down: int = 0
 
 
 class SystemService:
@@ -31,13 +35,24 @@ class SystemService:
 
     version = __version__
 
-    def __init__(self, store, datacenter: str, host_facts) -> None:
+    def __init__(self, store, datacenter: str, host_facts, nodes=None, clock=time.time) -> None:
         self._store = store
         self._datacenter = datacenter
         self._host = host_facts
+        self._nodes = nodes
+        self._clock = clock
 
     async def view(self, account: Account) -> AccountView:
-        # The datacenter is the one in-process compute node (until issue 7).
+        """The account's objects and the datacenter's capacity: the compute nodes that
+        are up (heartbeat within the window), their CPUs and memory summed."""
+        nodes, down, ncpu, mem_total = 1, 0, self._host.ncpu, self._host.mem_total
+        if self._nodes is not None:
+            records = await self._nodes.nodes()
+            now = self._clock()
+            up = [r for r in records if now - r["last_seen"] <= DOWN_AFTER_SECONDS]
+            nodes, down = len(up), len(records) - len(up)
+            ncpu = sum(int(r["cpus"]) for r in up)
+            mem_total = sum(int(r["memory"]) for r in up) * 1024 * 1024
         states = [state.status for _, state in await self._store.list_containers(account.login)]
         running = sum(s in ("running", "restarting") for s in states)
         paused = states.count("paused")
@@ -49,9 +64,10 @@ class SystemService:
             containers_paused=paused,
             containers_stopped=len(states) - running - paused,
             images=len(await self._store.list_images(account.login)),
-            nodes=1,
-            ncpu=self._host.ncpu,
-            mem_total=self._host.mem_total,
+            nodes=nodes,
+            nodes_down=down,
+            ncpu=ncpu,
+            mem_total=mem_total,
             kernel_version=self._host.kernel_version,
             architecture=self._host.architecture,
         )

@@ -45,6 +45,9 @@ return 1
 """
 
 NODE_FIELDS = ("hostname", "address", "memory", "disk", "cpus", "subnet")
+#: A node's agent beats this often; one not heard from for DOWN_AFTER_SECONDS is down.
+HEARTBEAT_SECONDS = 5.0
+DOWN_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
 
 
 class UnknownNode(Exception):

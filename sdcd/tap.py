@@ -164,7 +164,7 @@ class SdcdService(service.MultiService):
             ca_files=self.config.registry_ca_files,
         )
         images = ImageService(store, blobs, self.registry)
-        containers = await self._open_compute(store, pool, images, blobs)
+        containers = await self._open_compute(store, pool, images, blobs, nodes)
         info = local_node_info(
             self.config.public_host,
             self.config.compute.subnet,
@@ -195,7 +195,7 @@ class SdcdService(service.MultiService):
             cloud = CloudAPI(authenticator, accounts, self.config.docker_url)
             self.sites["cloudapi"].resource = cloud.resource()
 
-    async def _open_compute(self, store, pool, images, blobs) -> ContainerService:
+    async def _open_compute(self, store, pool, images, blobs, nodes) -> ContainerService:
         """The in-process compute node: bridge up, running containers re-attached, Redis
         reconciled with what the node holds."""
         compute_config = self.config.compute
@@ -222,6 +222,7 @@ class SdcdService(service.MultiService):
             self.config.packages,
             network,
             compute_config.default_memory,
+            nodes,
         )
         await self.compute.open()
         report = await containers.reconcile()

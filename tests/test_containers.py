@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 import urllib.request
@@ -195,6 +196,9 @@ def test_inspect_fields(alice):
     c = inspect(alice, n)
     assert c["Id"] == cid
     assert c["Name"] == "/" + n
+    # the compute node it is on, as Swarm showed it
+    assert c["Node"]["Name"] == socket.gethostname() and c["Node"]["IP"] == "localhost"
+    assert c["Node"]["Cpus"] == os.cpu_count() and c["Node"]["Memory"] > 0
     assert c["Path"] == "sleep" and c["Args"] == ["5"]
     assert c["State"]["Status"] == "created"
     assert "FOO=bar" in c["Config"]["Env"]

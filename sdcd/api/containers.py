@@ -96,7 +96,8 @@ class ContainerRoutes:
     async def inspect(self, request, ref: str) -> bytes:
         record, state = await self._containers.get(request.sdcd_account, ref)
         size = await self._containers.disk_usage(record) if flag(request, "size") else None
-        view = views.inspect(record, state, request.sdcd_version, size)
+        node = await self._containers.node(record)
+        view = views.inspect(record, state, request.sdcd_version, size, node)
         view["ExecIDs"] = await self._exec_routes.running_ids(request.sdcd_account, record.id)
         return json_body(request, view)
 

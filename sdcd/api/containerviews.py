@@ -173,7 +173,22 @@ def mounts(record: ContainerRecord) -> list[dict[str, Any]]:
     return out
 
 
-def inspect(record, state, version, size: dict | None) -> dict[str, Any]:
+def node_view(node_id: str, node: dict | None) -> dict[str, Any]:
+    """Swarm's ``Node`` of a container's inspect: which compute node runs it."""
+    if node is None:
+        return {"ID": node_id, "Name": node_id}
+    return {
+        "ID": node_id,
+        "IP": node["address"],
+        "Addr": node["address"],
+        "Name": node["hostname"],
+        "Cpus": node["cpus"],
+        "Memory": node["memory"] * 1024 * 1024,
+        "Labels": {},
+    }
+
+
+def inspect(record, state, version, size: dict | None, node: dict | None = None) -> dict:
     """``GET /containers/{id}/json``."""
     running = state.status in ("running", "paused", "restarting")
     net = record.network
@@ -200,7 +215,7 @@ def inspect(record, state, version, size: dict | None) -> dict[str, Any]:
         "HostnamePath": "",
         "HostsPath": "",
         "LogPath": "",
-        "Node": {"ID": record.node, "Name": record.node},
+        "Node": node_view(record.node, node),
         "Name": "/" + record.name,
         "RestartCount": state.restart_count,
         "Driver": "overlay",

@@ -95,8 +95,10 @@ class ContainerService:
         package_list: tuple[packages.Package, ...],
         network: dict[str, Any],
         default_memory_mib: int = 1024,
+        nodes=None,
     ) -> None:
         self._store = store
+        self._nodes = nodes
         self._images = images
         self._compute = compute
         self._ipam = ipam
@@ -138,6 +140,16 @@ class ContainerService:
             if len(matches) > 1:
                 raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
             return matches[0] if matches else None
+        return None
+
+    async def node(self, record: ContainerRecord) -> dict[str, Any] | None:
+        """The registry's record of the compute node the container is on (None if the
+        registry does not know it)."""
+        if self._nodes is None:
+            return None
+        for node in await self._nodes.nodes():
+            if node["id"] == record.node:
+                return node
         return None
 
     async def list(self, account: Account) -> list[tuple[ContainerRecord, ContainerState]]:

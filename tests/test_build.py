@@ -96,6 +96,14 @@ def test_multi_stage_build_runs_and_second_build_is_all_cache(alice, tmp_path):
     ids = [line for line in again.stdout.splitlines() if line.startswith("Successfully built")]
     assert ids and ids[0].split()[-1] == info["Id"][7:19]
 
+    # --target stops at a stage: all of it from the cache, tagged
+    first = build(alice, ctx, "-t", f"{name}-builder", "--target", "builder",
+                  "--build-arg", "GREETING=hi")  # fmt: skip
+    assert first.returncode == 0 and "Step 6/6 :" in first.stdout  # stages after it: not counted
+    assert alice.ok("run", "--rm", f"{name}-builder", "cat", "/out/out.txt") == (
+        "hi from stage one\n")  # fmt: skip
+    alice.ok("rmi", f"{name}-builder")
+
     # a changed build-arg misses the cache from the RUN that sees it
     third = build(alice, ctx, "-t", name, "--build-arg", "GREETING=bye")
     assert third.returncode == 0 and "Running in" in third.stdout

@@ -86,6 +86,18 @@ def key_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:12]}:"
 
 
+@pytest.fixture
+def pool(redis_url):
+    """A txredisapi connection pool to the session's Redis, closed after the test."""
+    import pytest_twisted
+
+    from sdcd.store import redis as redis_store
+
+    pool = pytest_twisted.blockon(redis_store.connect(redis_url))
+    yield pool
+    pytest_twisted.blockon(pool.disconnect())
+
+
 #: Every Daemon made in this test session: purged (processes, mounts, namespaces, bridge)
 #: when the session ends, whatever the test did.
 _DAEMONS: list[Daemon] = []

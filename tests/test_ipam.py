@@ -9,15 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from sdcd.store import redis as redis_store
 from sdcd.store.ipam import NoAddressesLeft, RedisIPAllocator
-
-
-@pytest.fixture
-def pool(redis_url):
-    pool = pytest_twisted.blockon(redis_store.connect(redis_url))
-    yield pool
-    pytest_twisted.blockon(pool.disconnect())
 
 
 @pytest.fixture

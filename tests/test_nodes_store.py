@@ -15,13 +15,6 @@ INFO = {"hostname": "cn1", "address": "10.99.0.11", "memory": 4096, "disk": 10_0
 
 
 @pytest.fixture
-def pool(redis_url):
-    pool = pytest_twisted.blockon(redis_store.connect(redis_url))
-    yield pool
-    pytest_twisted.blockon(pool.disconnect())
-
-
-@pytest.fixture
 def registry(pool, key_prefix):
     return RedisNodeRegistry(pool, key_prefix)
 

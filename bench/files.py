@@ -173,6 +173,8 @@ def build_times(ref, ours, runs: int) -> list[StreamRow]:
 
 def _build(target, context: Path, cold: bool) -> float:
     args = ["build", "-t", BUILD_TAG, *(["--no-cache"] if cold else []), str(context)]
+    if cold:  # the previous run's image goes first: nothing of it left dangling
+        _cli(target, "rmi", "-f", BUILD_TAG)
     started = time.monotonic()
     result = check(_cli(target, *args, env={"DOCKER_BUILDKIT": "0"}), f"{target.label}: build")
     took = time.monotonic() - started

@@ -445,3 +445,12 @@ def test_from_a_private_registry_uses_the_clients_logins(alice, tmp_path):
             alice.ok("rmi", "fromprivate")
         finally:
             alice.docker("logout", private.host)
+
+
+def test_label_options_are_taken_literally(alice, tmp_path):
+    ctx = context(tmp_path / "ctx", "FROM busybox\nLABEL a=1\n")
+    r = build(alice, ctx, "-t", "labelled", "--label", "price=$5 'each' é", "--label", "a=2")
+    assert r.returncode == 0, r.stderr
+    labels = json.loads(alice.ok("image", "inspect", "labelled"))[0]["Config"]["Labels"]
+    assert labels == {"a": "2", "price": "$5 'each' é"}
+    alice.ok("rmi", "labelled")

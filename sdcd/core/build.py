@@ -14,7 +14,6 @@ import codecs
 import collections
 import contextlib
 import copy
-import json
 import posixpath
 import re
 import secrets
@@ -160,7 +159,7 @@ class _Build:
             BuildContext.extract, source, self.tmp / "context", MAX_CONTEXT_BYTES
         )
         text = await _in_thread(self.context.dockerfile, self.options.dockerfile)
-        meta, stages = _parse(text)
+        meta, stages = _parse(text, self.options.dockerfile)
         self.escape = dockerfile.escape_of(text)
         stages = self._up_to_target(stages)
         if self.options.labels:
@@ -526,9 +525,9 @@ class _FileConsumer:
 # -- pure helpers ----------------------------------------------------------------------
 
 
-def _parse(text: str) -> tuple[list, list]:
+def _parse(text: str, name: str) -> tuple[list, list]:
     try:
-        return dockerfile.stages(dockerfile.parse(text))
+        return dockerfile.stages(dockerfile.parse(text, name))
     except dockerfile.DockerfileError as e:
         raise InvalidArgument(e.message) from None
 
@@ -543,10 +542,13 @@ def _meta_pairs(inst, meta: dict, escape: str) -> list[tuple[str, str | None]]:
 
 def _label_step(options: BuildOptions) -> dockerfile.Instruction:
     """``--label``s become one more LABEL step of the last stage, as in dockerd."""
-    text = "LABEL " + " ".join(
-        f"{json.dumps(k)}={json.dumps(v)}" for k, v in sorted(options.labels.items())
-    )
-    return dockerfile.parse(text)[0]
+    rest = " ".join(f"{_quoted(k)}={_quoted(v)}" for k, v in sorted(options.labels.items()))
+    return dockerfile.Instruction("LABEL", rest, {}, None, "LABEL " + rest, 0)
+
+
+def _quoted(text: str) -> str:
+    """Single quotes: nothing in a --label is expanded or unescaped (as dockerd)."""
+    return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
 def _refuse_urls(patterns: list[str]) -> None:

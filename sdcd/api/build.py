@@ -4,8 +4,6 @@ dockerd's JSON stream (``{"stream": ...}``, ``{"aux": {"ID": ...}}``, pull progr
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Any
 
@@ -14,7 +12,7 @@ from sdcd.api.streams import JSONStream, RequestConsumer, progress_message
 from sdcd.core.build import BuildOptions
 from sdcd.core.errors import CoreError, InvalidArgument
 from sdcd.core.images import Progress
-from sdcd.images.registry import Credentials
+from sdcd.images.registry import Credentials, RegistryError, header_json
 
 
 def build_options(request) -> BuildOptions:
@@ -73,17 +71,10 @@ def _int(text: str | None, what: str) -> int:
 
 def registry_config(header: bytes | str | None) -> dict[str, Credentials]:
     """``X-Registry-Config``: base64url JSON of registry address -> auth config."""
-    if not header:
-        return {}
-    if isinstance(header, bytes):
-        header = header.decode("ascii", "replace")
-    padded = header.strip() + "=" * (-len(header.strip()) % 4)
     try:
-        data = json.loads(base64.urlsafe_b64decode(padded.replace("+", "-").replace("/", "_")))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidArgument("invalid X-Registry-Config header") from None
-    if not isinstance(data, dict):
-        raise InvalidArgument("invalid X-Registry-Config header")
+        data = header_json(header, "X-Registry-Config") or {}
+    except RegistryError as e:
+        raise InvalidArgument(e.message) from None
     return {
         _host(address): Credentials.from_json(auth)
         for address, auth in data.items()

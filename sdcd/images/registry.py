@@ -92,21 +92,30 @@ class Credentials:
     def from_header(cls, value: str | bytes | None) -> Credentials | None:
         """Decode ``X-Registry-Auth`` (base64url JSON, padding optional); None if absent
         or empty; ``RegistryError`` if it cannot be decoded."""
-        if not value:
+        data = header_json(value, "X-Registry-Auth")
+        if data is None:
             return None
-        if isinstance(value, bytes):
-            value = value.decode("ascii", "replace")
-        value = value.strip()
-        padded = value + "=" * (-len(value) % 4)
-        try:
-            raw = base64.urlsafe_b64decode(padded.replace("+", "-").replace("/", "_"))
-            data = json.loads(raw)
-        except (binascii.Error, ValueError, UnicodeDecodeError):
-            raise RegistryError("invalid X-Registry-Auth header", 400) from None
-        if not isinstance(data, dict):
-            raise RegistryError("invalid X-Registry-Auth header", 400)
         creds = cls.from_json(data)
         return creds if (creds.username or creds.identity_token or creds.registry_token) else None
+
+
+def header_json(value: str | bytes | None, name: str) -> dict[str, Any] | None:
+    """A header holding base64url JSON of an object (``X-Registry-Auth``,
+    ``X-Registry-Config``; padding optional, ``+``/``/`` accepted): None if absent or
+    empty; ``RegistryError`` (400) if it cannot be decoded."""
+    if not value:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    value = value.strip()
+    padded = value + "=" * (-len(value) % 4)
+    try:
+        data = json.loads(base64.urlsafe_b64decode(padded.replace("+", "-").replace("/", "_")))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise RegistryError(f"invalid {name} header", 400) from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"invalid {name} header", 400)
+    return data
 
 
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')

@@ -287,6 +287,8 @@ def test_another_accounts_images_are_not_sources(alice, bob, tmp_path):
                        f"FROM busybox\nCOPY --from={private} /secret /s\n"):  # fmt: skip
         r = build(bob, context(tmp_path / uuid.uuid4().hex, dockerfile))
         assert r.returncode != 0 and "Successfully built" not in r.stdout
+        # not alice's: bob's build looked for it in a registry (Docker Hub, unreachable)
+        assert private in r.stderr and "registry-1.docker.io" in r.stderr, r.stderr
     alice.ok("rmi", private)
 
 

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from sdcd.images.buildcontext import BuildContext, ContextError, ignored, parse_chown
+from sdcd.images.buildcontext import (
+    BuildContext,
+    ContextError,
+    first_file_text,
+    ignored,
+    parse_chown,
+)
 
 
 def tar_of(entries: list[tuple[str, str, bytes | str]], mode: str = "w") -> io.BytesIO:
@@ -198,3 +204,10 @@ def test_dockerfile_and_dockerignore_leave_the_context_when_ignored(tmp_path):
     ctx = BuildContext.extract(tar_of(entries), tmp_path / "c", 10**6)
     assert ctx.dockerfile("Dockerfile") == "FROM x\n"
     assert sorted(p.name for p in ctx.root.iterdir()) == [".dockerignore", "app.py"]
+
+
+def test_first_file_text():
+    passwd = tar_of([("passwd", "file", b"root:x:0:0::/root:/bin/sh\n")])
+    assert first_file_text(passwd) == "root:x:0:0::/root:/bin/sh\n"
+    assert first_file_text(tar_of([("d", "dir", b"")])) is None
+    assert first_file_text(tar_of([("big", "file", b"x" * 100)]), limit=10) is None

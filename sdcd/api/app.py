@@ -121,7 +121,6 @@ class DockerAPI:
         if self._build is None:
             raise NotImplementedYet("build is not available")
         options = build_options(request)
-        self._build.check(request.sdcd_account, options)
         stream = BuildStream(request)
         request.content.seek(0)
         try:

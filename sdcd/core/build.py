@@ -18,7 +18,6 @@ import posixpath
 import re
 import secrets
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +36,7 @@ from sdcd.core.containers import BUILD_LABEL
 from sdcd.core.errors import InvalidArgument, NotFound, TooManyRequests
 from sdcd.core.images import Progress, require_provisioning, short_id
 from sdcd.images import reference as refs
-from sdcd.images.buildcontext import BuildContext, ContextError, parse_chown
+from sdcd.images.buildcontext import BuildContext, ContextError, first_file_text, parse_chown
 from sdcd.store.records import Account, ImageRecord, LayerRecord
 
 #: A context larger than this is refused (it is extracted on the API host).
@@ -84,7 +83,7 @@ class BuildService:
         self._max_per_account = max_per_account
         self._running: collections.Counter[str] = collections.Counter()
 
-    def check(self, account: Account, options: BuildOptions) -> list[str]:
+    def _check(self, account: Account, options: BuildOptions) -> list[str]:
         """Before the context is read: provisioning and the tags (400 for a bad one)."""
         require_provisioning(account)
         names = []
@@ -100,7 +99,7 @@ class BuildService:
     ) -> str:
         """Build; answer the image id. ``CoreError`` for a failure (the route streams it
         once output has started)."""
-        names = self.check(account, options)
+        names = self._check(account, options)
         if self._running[account.login] >= self._max_per_account:
             raise TooManyRequests(
                 f"{account.login} already runs {self._max_per_account} builds: wait for one to end"
@@ -458,7 +457,7 @@ class _Build:
             except NotFound:
                 return None
             f.seek(0)
-            text = await _in_thread(_first_member_text, f)
+            text = await _in_thread(first_file_text, f)
         spool.unlink()
         return text
 
@@ -591,15 +590,6 @@ def _fetch_path(pattern: str) -> str:
         if _WILDCARD.search(part):
             return "/".join(parts[:i]) or "/"
     return posixpath.normpath(path)
-
-
-def _first_member_text(tar: BinaryIO) -> str | None:
-    with tarfile.open(fileobj=tar, mode="r|") as archive:
-        for member in archive:
-            if member.isfile() and member.size <= 4 * 1024 * 1024:
-                data = archive.extractfile(member)
-                return data.read().decode("utf-8", "replace") if data else None
-    return None
 
 
 def _copy(doc: dict) -> dict:

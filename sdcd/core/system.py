@@ -7,6 +7,7 @@ import time
 import attrs
 
 from sdcd import __version__
+from sdcd.core.placement import node_views
 from sdcd.store.nodes import DOWN_AFTER_SECONDS
 from sdcd.store.records import Account
 
@@ -48,8 +49,8 @@ class SystemService:
         nodes, down, ncpu, mem_total = 1, 0, self._host.ncpu, self._host.mem_total
         if self._nodes is not None:
             records = await self._nodes.nodes()
-            now = self._clock()
-            up = [r for r in records if now - r["last_seen"] <= DOWN_AFTER_SECONDS]
+            views = node_views(records, self._clock(), DOWN_AFTER_SECONDS)
+            up = [r for r, view in zip(records, views, strict=True) if view.up]
             nodes, down = len(up), len(records) - len(up)
             ncpu = sum(int(r["cpus"]) for r in up)
             mem_total = sum(int(r["memory"]) for r in up) * 1024 * 1024

@@ -264,6 +264,17 @@ def ignored(name: str, patterns: list[str]) -> bool:
     return excluded
 
 
+def first_file_text(tar: BinaryIO, limit: int = 4 * 1024 * 1024) -> str | None:
+    """The text of the first regular file in a tar (``docker cp`` of one file, such as
+    an image's /etc/passwd for ``--chown`` names); None if there is none this small."""
+    with tarfile.open(fileobj=tar, mode="r|") as archive:
+        for member in archive:
+            if member.isfile() and member.size <= limit:
+                data = archive.extractfile(member)
+                return data.read().decode("utf-8", "replace") if data else None
+    return None
+
+
 def parse_chown(spec: str, passwd: str | None, group: str | None) -> tuple[int, int]:
     """``--chown=user[:group]``: ids, or names looked up in the image's /etc/passwd and
     /etc/group; a user alone gets the group of its name (else its primary group; a

@@ -28,11 +28,16 @@ from twisted.internet import defer, reactor, task
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from sdcd.agent import server as agent_server
+from sdcd.agent.server import AgentFactory
+from sdcd.auth import internal
 from sdcd.compute import network, rootfs
 from sdcd.compute.interface import ComputeError, ICompute, ILogConsumer
 from sdcd.compute.local import LocalCompute
 from sdcd.compute.network import BridgeConfig, mac_for_ip
+from sdcd.compute.remote import RemoteCompute
 from sdcd.core.packages import DEFAULT_PACKAGES
+from sdcd.images.blobstore import FileBlobStore
 from tests.imagebuilder import DEFAULT_PATH, LayerBuilder, busybox_image
 from tests.nodecleanup import purge_node
 from tests.test_stdio import Sink
@@ -1215,3 +1220,92 @@ async def test_open_removes_unreadable_container_with_mount_and_netns(local):
     assert (local.root / "layers" / "layers").is_dir()
     hello = local.root / "layers" / "layers"
     assert any((p / "bin" / "busybox").exists() for p in hello.iterdir())
+
+
+# -- the suite against the agent's internal API ---------------------------------------------
+
+
+class _NodeBlobs:
+    """The agent's view of its blob cache, for ``blob_get`` (committed layers)."""
+
+    def __init__(self, path_of: Callable[[str], Path]) -> None:
+        self._path_of = path_of
+
+    def has(self, digest: str) -> bool:
+        return self._path_of(digest).exists()
+
+    def path(self, digest: str) -> Path:
+        return self._path_of(digest)
+
+
+class RemoteHarness(LocalHarness):
+    """A LocalCompute served by the agent's internal API on loopback mutual TLS, reached
+    through ``RemoteCompute``: the suite's calls all cross the wire. ``blob_path`` is the
+    image store's (sdcd's side), so a commit must have been published through the agent."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        ca_cert, ca_key = internal.internal_ca(tmp_path / "pki", "test")
+        self.node_id = secrets.token_hex(8)
+        self.node_material = internal.issue(ca_cert, ca_key, "node", self.node_id, ["127.0.0.1"])
+        self.api_material = internal.issue(ca_cert, ca_key, "api", "tester", [])
+        self.store = FileBlobStore(tmp_path / "store", reactor)
+        self.factory: AgentFactory | None = None
+        self.port: Any = None
+        self.local: LocalCompute | None = None
+
+    def node_blob(self, digest: str) -> Path:
+        return super().blob_path(digest)
+
+    def blob_path(self, digest: str) -> Path:
+        if not hasattr(self, "store"):  # the base class writing the node's layers
+            return super().blob_path(digest)
+        return self.store.path(digest)
+
+    async def open(self) -> RemoteCompute:
+        local = LocalCompute(
+            reactor, self.root, self.node_blob, self.bridge_config, node_id=self.node_id
+        )
+        self.computes.append(local)
+        await within(local.open())
+        self.local = local
+        if self.factory is None:
+            self.factory = AgentFactory(local, _NodeBlobs(self.node_blob))
+            self.port = agent_server.listen(
+                reactor, 0, "127.0.0.1", self.node_material, self.factory
+            )
+        self.factory.compute = local
+        remote = RemoteCompute(
+            reactor,
+            self.node_id,
+            "127.0.0.1",
+            self.port.getHost().port,
+            self.api_material,
+            self.store,
+        )
+        self.computes.append(remote)
+        self.compute = remote
+        return remote
+
+    async def close(self, compute: Any) -> None:
+        await compute.close()
+
+    async def teardown(self) -> None:
+        try:
+            await super().teardown()
+        finally:
+            if self.port is not None:
+                await self.port.stopListening()
+
+
+class TestRemoteCompute(IComputeTests):
+    """The suite against RemoteCompute → agent → LocalCompute."""
+
+    @pytest.fixture
+    def harness(self, tmp_path):
+        harness = RemoteHarness(tmp_path)
+        try:
+            pytest_twisted.blockon(defer.ensureDeferred(harness.open()))
+            yield harness
+        finally:
+            pytest_twisted.blockon(defer.ensureDeferred(harness.teardown()))

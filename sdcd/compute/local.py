@@ -248,6 +248,11 @@ class LocalCompute:
     def subscribe(self, listener: Callable[[dict], None]) -> None:
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Callable[[dict], None]) -> None:
+        """Stop calling ``listener`` (the agent's subscription connection closed)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def _emit(self, c: _Container, action: str) -> None:
         event = {
             "id": c.id,

@@ -56,6 +56,23 @@ class ComputeConfig:
     default_memory: int = 1024
     dns: tuple[str, ...] = ()
     node_id: str = ""
+    local: bool = True
+    memory_overcommit: float = 1.0
+    disk_overcommit: float = 10.0
+
+
+@attrs.frozen
+class InternalConfig:
+    """The internal API towards compute node agents: where sdcd serves the image store's
+    blobs to them, and its own certificate from the datacenter's internal CA (empty:
+    issued from the CA under data_dir, made on first use)."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 2377
+    address: str = ""
+    name: str = ""
+    cert_dir: Path | None = None
 
 
 @attrs.frozen
@@ -78,6 +95,8 @@ class Config:
     max_builds_per_account: int = 4
     registry_ca_files: tuple[Path, ...] = ()
     compute: ComputeConfig = attrs.field(factory=lambda: ComputeConfig())
+    internal: InternalConfig = attrs.field(factory=lambda: InternalConfig())
+    blob_dir: Path | None = None
     packages: tuple = ()
 
     @property
@@ -126,6 +145,12 @@ def _positive_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{where} must be a positive whole number, not {value!r}")
     return value
+
+
+def _ratio(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100:
+        raise ConfigError(f"{where} must be a number above 0 (1.0: no overcommit)")
+    return float(value)
 
 
 def _bool(value: Any, where: str) -> bool:
@@ -225,6 +250,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any, str], Any], Any]]] = {
         "registry_timeout": (_positive_int, 15),
         "ca_files": (_path_list, ()),
         "max_builds_per_account": (_positive_int, 4),
+        "blob_dir": (_optional_string, ""),
     },
     "compute": {
         "bridge": (_bridge_name, "sdcd0"),
@@ -232,6 +258,17 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any, str], Any], Any]]] = {
         "default_memory": (_positive_int, 1024),
         "dns": (_address_list, ()),
         "node_id": (_optional_string, ""),
+        "local": (_bool, True),
+        "memory_overcommit": (_ratio, 1.0),
+        "disk_overcommit": (_ratio, 10.0),
+    },
+    "internal": {
+        "enabled": (_bool, False),
+        "host": (_host, "0.0.0.0"),
+        "port": (_port, 2377),
+        "address": (_optional_string, ""),
+        "name": (_optional_string, ""),
+        "cert_dir": (_optional_string, ""),
     },
     "log": {
         "format": (_choice("text", "json"), "text"),
@@ -283,8 +320,15 @@ def parse(text: str, path: Path) -> Config:
         raise ConfigError("log.file is required when log.format is json")
     if cloud["enabled"] and cloud["port"] == docker["port"] and cloud["port"] != 0:
         raise ConfigError("cloudapi.port must differ from docker.port")
+    internal = sections["internal"]
+    if not sections["compute"]["local"] and not internal["enabled"]:
+        raise ConfigError("compute.local = false needs [internal] enabled (agents' nodes)")
     return Config(
         compute=ComputeConfig(**sections["compute"]),
+        internal=InternalConfig(
+            **{**internal, "cert_dir": _path(base, internal["cert_dir"])},
+        ),
+        blob_dir=_path(base, images["blob_dir"]),
         packages=_packages(raw.get("packages")),
         path=path,
         datacenter=top["datacenter"],

@@ -11,6 +11,12 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
+def from_unix(seconds: float) -> str:
+    """A Unix time as a timestamp of the same form."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def parse(text: str | None) -> float:
     """Unix seconds of a timestamp; 0.0 for none or Go's zero time (0001-01-01...).
     Fractions of any length (Go writes up to nanoseconds) are kept."""

@@ -117,6 +117,11 @@ class Daemon:
         self.config_path = root / "sdcd.toml"
         self.log_path = root / "sdcd.log"
         self.extra = settings.pop("extra", "")
+        # Tests are not about capacity (except those that say so): the host's memory
+        # must not cap how many 1 GiB containers a test module makes.
+        self.compute_extra = settings.pop(
+            "compute", "memory_overcommit = 100\ndisk_overcommit = 100\n"
+        )
         # Each daemon's node gets its own bridge and subnet: daemons of several tests (or
         # of a concurrent run) never share one.
         self.bridge = "sdt" + uuid.uuid4().hex[:8]
@@ -131,7 +136,9 @@ class Daemon:
             f'data_dir = "{self.data_dir}"\n'
             f'[docker]\nhost = "127.0.0.1"\nport = {self.docker_port}\n'
             f'[cloudapi]\nhost = "127.0.0.1"\nport = {self.cloudapi_port}\n'
-            f'[compute]\nbridge = "{self.bridge}"\nsubnet = "{self.subnet}"\n' + self.extra
+            f'[compute]\nbridge = "{self.bridge}"\nsubnet = "{self.subnet}"\n'
+            + self.compute_extra
+            + self.extra
         )
 
     @property

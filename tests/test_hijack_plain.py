@@ -18,6 +18,7 @@ from twisted.web.server import Site
 
 from sdcd.api.containers import ContainerRoutes
 from sdcd.api.execs import ExecRoutes
+from sdcd.compute.fleet import Fleet
 from sdcd.core.containers import ContainerService
 from sdcd.core.execs import ExecService
 from sdcd.store import redis as redis_store
@@ -49,10 +50,9 @@ class Plain:
     def __init__(self, harness: LocalHarness, store) -> None:
         self.harness = harness
         self.store = store
-        self.containers = ContainerService(
-            store, None, harness.compute, None, (), {"name": "bridge"}
-        )
-        exec_routes = ExecRoutes(ExecService(store, self.containers, harness.compute))
+        fleet = Fleet(reactor, None, local=harness.compute)
+        self.containers = ContainerService(store, None, fleet, None, (), {"name": "bridge"})
+        exec_routes = ExecRoutes(ExecService(store, self.containers))
         routes = ContainerRoutes(self.containers, time.time, exec_routes)
         root = _Root({b"containers": routes.resource(), b"exec": exec_routes.resource()})
         self.port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")

@@ -97,6 +97,7 @@ class ContainerRoutes:
         record, state = await self._containers.get(request.sdcd_account, ref)
         size = await self._containers.disk_usage(record) if flag(request, "size") else None
         node = await self._containers.node(record)
+        state = self._containers.as_seen(record, state, await self._containers.down_nodes())
         view = views.inspect(record, state, request.sdcd_version, size, node)
         view["ExecIDs"] = await self._exec_routes.running_ids(request.sdcd_account, record.id)
         return json_body(request, view)

@@ -8,7 +8,7 @@ import shlex
 from typing import Any
 
 from sdcd import timestamps
-from sdcd.core.containers import anonymous_volumes
+from sdcd.core.containers import NODE_DOWN, anonymous_volumes
 from sdcd.store.records import ContainerRecord, ContainerState
 
 NETWORK_ID_PREFIX = "sdcd-net-"
@@ -46,7 +46,15 @@ def human_duration(seconds: float) -> str:
 
 
 def status_text(state: ContainerState, now: float) -> str:
-    """The ``Status`` column of ``docker ps``."""
+    """The ``Status`` column of ``docker ps``; "(node down)" after the state its compute
+    node last reported when the node stopped answering."""
+    text = _status_text(state, now)
+    if state.error.startswith(NODE_DOWN):
+        return text + " (node down)"
+    return text
+
+
+def _status_text(state: ContainerState, now: float) -> str:
     if state.status == "running":
         return f"Up {human_duration(now - timestamps.parse(state.started_at))}"
     if state.status == "paused":

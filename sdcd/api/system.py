@@ -52,6 +52,12 @@ def info_body(view: AccountView, version: str, api: tuple[int, int]) -> dict:
             ["SDCAccount", view.login],
             ["Compute nodes", str(view.nodes)],
             *([["Compute nodes down", str(view.nodes_down)]] if view.nodes_down else []),
+            ["Memory free", _gib(view.mem_free)],
+            *(
+                [["Disk", f"{_gib(view.disk_free)} free of {_gib(view.disk_total)}"]]
+                if view.disk_total
+                else []
+            ),
         ],
         "SystemStatus": None,
         "Plugins": {
@@ -130,3 +136,8 @@ def info_body(view: AccountView, version: str, api: tuple[int, int]) -> dict:
     if api >= (1, 40):
         body["CgroupVersion"] = "1"
     return body
+
+
+def _gib(size: int) -> str:
+    """Bytes as the CLI shows sizes in ``docker info`` (GiB, two decimals)."""
+    return f"{size / 1024**3:.2f} GiB"

@@ -130,6 +130,11 @@ def identity(cert: x509.Certificate) -> Identity:
     return Identity(role, ident)
 
 
+def identity_of(material: Material) -> Identity:
+    """Who our own certificate says we are (an agent's node id comes from it)."""
+    return identity(x509.load_pem_x509_certificate(material.cert_pem))
+
+
 def context(material: Material, server: bool) -> SSL.Context:
     """A TLS context that presents our certificate and requires the peer's, chained to
     the internal CA (the role is checked once the handshake is done: ``check_peer``)."""

@@ -149,10 +149,13 @@ class LocalCompute:
         bridge: network.BridgeConfig,
         dns: tuple[str, ...] = (),
         node_id: str = "",
+        fetch_blob: Callable[[str, int | None], Any] | None = None,
     ) -> None:
         self._reactor = reactor
         self._root = root
         self._blob_path = blob_path
+        #: An agent's node fetches the layers it lacks from the image store first.
+        self._fetch_blob = fetch_blob
         self._bridge = bridge
         self._dns = list(dns)
         self.node_id = node_id or self._stored_node_id()
@@ -320,9 +323,13 @@ class LocalCompute:
             return
         diff_ids = []
         for layer in c.spec["image_layers"]:
-            await self._layers.ensure(
-                layer["diff_id"], self._blob_path(layer["digest"]), layer["media_type"]
-            )
+            if self._layers.has(layer["diff_id"]):
+                blob = self._blob_path(layer["digest"])
+            elif self._fetch_blob is not None:
+                blob = await self._fetch_blob(layer["digest"], layer.get("size"))
+            else:
+                blob = self._blob_path(layer["digest"])
+            await self._layers.ensure(layer["diff_id"], blob, layer["media_type"])
             diff_ids.append(layer["diff_id"])
         if diff_ids:
             cwd, lower = self._layers.lower_dirs(diff_ids)

@@ -7,9 +7,11 @@ container's ``ContainerState`` once it exists, apart from the removal itself.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +22,7 @@ from twisted.logger import Logger
 from sdcd import timestamps
 from sdcd.compute import stats as stats_shape
 from sdcd.compute.interface import ComputeError
-from sdcd.core import commit, createspec, names, packages
+from sdcd.core import commit, createspec, names, packages, placement
 from sdcd.core.errors import (
     Conflict,
     CoreError,
@@ -33,6 +35,7 @@ from sdcd.core.errors import (
 from sdcd.core.events import EventLog, container_event
 from sdcd.core.images import ImageService, require_provisioning, short_id
 from sdcd.store.interface import AlreadyExists
+from sdcd.store.nodes import DOWN_AFTER_SECONDS
 from sdcd.store.records import Account, ContainerRecord, ContainerState, LayerRecord
 
 PACKAGE_LABEL = "com.joyent.package"
@@ -43,6 +46,13 @@ NETWORK_NAME = "bridge"
 DEFAULT_STOP_TIMEOUT = 10
 ZERO_TIME = "0001-01-01T00:00:00Z"
 RUNNING = ("running", "paused", "restarting")
+#: How a container's state says its node is down (``docker ps`` adds "(node down)").
+NODE_DOWN = "its compute node has not been heard from"
+#: Which compute node a container was placed on (a label, as Triton shows it).
+NODE_LABEL = "com.joyent.sdcd.node"
+#: A container recorded this recently but not on its node yet is a create in flight
+#: (not "lost") when a node's events are resynchronised.
+CREATE_GRACE_SECONDS = 120
 
 
 def _state_from_node(node: dict, old: ContainerState) -> ContainerState:
@@ -90,26 +100,33 @@ class ContainerService:
         self,
         store,
         images: ImageService,
-        compute,
+        fleet,
         ipam,
         package_list: tuple[packages.Package, ...],
-        network: dict[str, Any],
+        network: dict[str, Any] | None,
         default_memory_mib: int = 1024,
         nodes=None,
+        overcommit: tuple[float, float] = (1.0, 1.0),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._nodes = nodes
         self._images = images
-        self._compute = compute
+        #: node id -> ICompute (``sdcd.compute.fleet.Fleet``).
+        self._fleet = fleet
         self._ipam = ipam
         self._packages = package_list
-        #: {"name", "subnet", "gateway", "prefix"} of the node's bridge network.
+        #: {"name", "subnet", "gateway", "prefix"} of the in-process node's bridge
+        #: network (None without one); other nodes' come from the node registry.
         self._network = network
         self._default_memory = default_memory_mib
+        #: Memory and disk overcommit ratios placement reserves against.
+        self._overcommit = overcommit
+        self._clock = clock
         self._waiters = _Waiters()
         self.events = EventLog()
         self._rng = random.Random()
-        compute.subscribe(self._on_event)
+        fleet.subscribe(self._on_event)
 
     # -- lookups ----------------------------------------------------------------------
 
@@ -153,7 +170,33 @@ class ContainerService:
         return None
 
     async def list(self, account: Account) -> list[tuple[ContainerRecord, ContainerState]]:
-        return await self._store.list_containers(account.login)
+        """The account's containers; those on a node that stopped answering show the
+        state it last reported, saying so."""
+        pairs = await self._store.list_containers(account.login)
+        down = await self.down_nodes()
+        if not down:
+            return pairs
+        return [(r, self.as_seen(r, s, down)) for r, s in pairs]
+
+    async def down_nodes(self) -> dict[str, float]:
+        """node id -> last heartbeat, of the nodes that missed theirs."""
+        if self._nodes is None:
+            return {}
+        now = self._clock()
+        return {
+            n["id"]: n["last_seen"]
+            for n in await self._nodes.nodes()
+            if now - n["last_seen"] > DOWN_AFTER_SECONDS
+        }
+
+    @staticmethod
+    def as_seen(record: ContainerRecord, state: ContainerState, down: dict[str, float]):
+        """``state`` as last reported, marked when its node is down."""
+        if record.node not in down:
+            return state
+        since = timestamps.from_unix(down[record.node])
+        error = f"{NODE_DOWN} since {since}: this is the state it last reported"
+        return ContainerState(**{**state.to_json(), "error": error})
 
     # -- create -----------------------------------------------------------------------
 
@@ -216,8 +259,13 @@ class ContainerService:
         login = account.login
         auto = name is None
         name = name or await self._random_name(login)
-        node = self._compute.node_id
-        ip = await self._ipam.allocate(self._network["name"], self._network["subnet"], cid)
+        node, network = await self._place(account, cid, config, package)
+        config["Labels"] = {**config["Labels"], NODE_LABEL: node}
+        try:
+            ip = await self._ipam.allocate(network["pool"], network["subnet"], cid)
+        except Exception:
+            await self._release_node(node, cid)
+            raise
         record = ContainerRecord(
             id=cid,
             login=login,
@@ -230,14 +278,15 @@ class ContainerService:
             host_config=host_config,
             package=package.to_json(),
             node=node,
-            network=self._endpoint(ip),
+            network=self._endpoint(ip, network),
             ports=ports,
             args=tuple(args),
         )
         try:
             await self._store.create_container(record, ContainerState())
         except AlreadyExists:
-            await self._ipam.release(self._network["name"], cid)
+            await self._ipam.release(network["pool"], cid)
+            await self._release_node(node, cid)
             if auto:
                 return await self._create(
                     account, cid, None, config, host_config, image, package, ports, args
@@ -249,19 +298,86 @@ class ContainerService:
                 "reuse that name."
             ) from None
         try:
-            await self._compute.prepare(self._node_spec(record, image, package, args))
+            compute = await self._fleet.compute(node)
+            await compute.prepare(self._node_spec(record, image, package, args))
         except Exception as e:
             await self._undo_create(record)
             raise compute_error(e, record.id) from None
         self.publish(record, "create")
         return []
 
+    async def _place(self, account: Account, cid: str, config: dict, package) -> tuple[str, dict]:
+        """The node for a new container, its resources reserved there (atomically: a
+        node another create filled meanwhile is dropped and the choice made again), and
+        that node's network."""
+        if self._nodes is None:
+            local = self._fleet.local
+            return local.node_id, self._local_network()
+        rules = placement.parse_rules(config.get("Env") or [], config.get("Labels") or {})
+        records = {r["id"]: r for r in await self._nodes.nodes() if self._reachable(r)}
+        memory_ratio, disk_ratio = self._overcommit
+        views = placement.node_views(
+            records.values(), self._clock(), DOWN_AFTER_SECONDS, memory_ratio, disk_ratio
+        )
+        placed = [
+            placement.Placed(r.id, r.name, r.config.get("Labels") or {}, r.node)
+            for r, _state in await self._store.list_containers(account.login)
+        ]
+        for _attempt in range(5):
+            chosen = placement.place(views, placed, rules, package.memory, package.disk)
+            held = await self._nodes.reserve(
+                chosen.id, cid, package.memory, package.disk, memory_ratio, disk_ratio
+            )
+            if held:
+                return chosen.id, self._node_network(records[chosen.id])
+            views = [v for v in views if v.id != chosen.id]
+            if not views:
+                break
+        raise placement.NoPlacement(
+            f"No compute resources available: every node that qualifies for {package.memory}"
+            " MiB filled up meanwhile"
+        )
+
+    def _reachable(self, record: dict) -> bool:
+        """A node this sdcd can call: its own in-process one, or an agent's."""
+        local = self._fleet.local
+        return bool(record.get("port")) or (local is not None and record["id"] == local.node_id)
+
+    def _local_network(self) -> dict:
+        return {**self._network, "pool": self._network["name"]}
+
+    def _node_network(self, record: dict) -> dict:
+        """A node's bridge network: the in-process node's as configured; an agent's from
+        its registered subnet (the bridge has the subnet's first address). The address
+        pool is per subnet, so no address is handed out twice across the fleet."""
+        local = self._fleet.local
+        if local is not None and record["id"] == local.node_id:
+            return self._local_network()
+        net = ipaddress.IPv4Network(record["subnet"], strict=False)
+        return {
+            "name": NETWORK_NAME,
+            "subnet": str(net),
+            "gateway": record.get("gateway") or str(net.network_address + 1),
+            "prefix": net.prefixlen,
+            "pool": "bridge:" + str(net),
+        }
+
+    async def _release_node(self, node: str, cid: str) -> None:
+        if self._nodes is not None:
+            await self._nodes.release(node, cid)
+
     async def _undo_create(self, record: ContainerRecord) -> None:
         try:
-            await self._compute.remove(record.id)
+            compute = await self._fleet.compute(record.node)
+            await compute.remove(record.id)
         finally:
             await self._store.delete_container(record)
-            await self._ipam.release(self._network["name"], record.id)
+            await self._release_address(record)
+
+    async def _release_address(self, record: ContainerRecord) -> None:
+        """The container's address and the node resources it held."""
+        await self._ipam.release(record.network.get("pool") or NETWORK_NAME, record.id)
+        await self._release_node(record.node, record.id)
 
     async def _random_name(self, login: str) -> str:
         """A free Docker-style name: a few candidates checked one by one (not every
@@ -273,15 +389,17 @@ class ContainerService:
         suffix = self._rng.randrange(1_000_000)
         return names.random_name(self._rng, lambda _name: False) + str(suffix)
 
-    def _endpoint(self, ip: str) -> dict:
+    @staticmethod
+    def _endpoint(ip: str, network: dict) -> dict:
         from sdcd.compute.network import mac_for_ip
 
         return {
             "ip": ip,
-            "prefix": self._network["prefix"],
-            "gateway": self._network["gateway"],
+            "prefix": network["prefix"],
+            "gateway": network["gateway"],
             "mac": mac_for_ip(ip),
-            "network": self._network["name"],
+            "network": network["name"],
+            "pool": network["pool"],
         }
 
     def _node_spec(self, record: ContainerRecord, image, package, args) -> dict:
@@ -352,9 +470,10 @@ class ContainerService:
             raise Conflict("cannot start a paused container, try unpause instead")
         require_provisioning(account)
         try:
-            node_state = await self._compute.start(record.id)
+            compute = await self._fleet.compute(record.node)
+            node_state = await compute.start(record.id)
         except Exception as e:
-            node = await self._compute.state(record.id)
+            node = await self._node_state(record)
             if node:
                 await self._update(record, "die", node)
             if record.host_config.get("AutoRemove"):
@@ -368,20 +487,16 @@ class ContainerService:
         record, state = await self.get(account, ref)
         if state.status not in RUNNING:
             raise NotModified()
-        node_state = await self._call(
-            self._compute.stop, record.id, _stop_timeout(record.config, timeout)
-        )
+        node_state = await self._call("stop", record, _stop_timeout(record.config, timeout))
         await self._update(record, "stop", node_state)
         self.publish(record, "stop")
 
     async def restart(self, account: Account, ref: str, timeout: int | None) -> None:
         record, state = await self.get(account, ref)
         if state.status in RUNNING:
-            node_state = await self._call(
-                self._compute.stop, record.id, _stop_timeout(record.config, timeout)
-            )
+            node_state = await self._call("stop", record, _stop_timeout(record.config, timeout))
             await self._update(record, "stop", node_state)
-        node_state = await self._call(self._compute.start, record.id)
+        node_state = await self._call("start", record)
         await self._update(record, "restart", node_state)
         self.publish(record, "restart")
 
@@ -391,7 +506,7 @@ class ContainerService:
             raise Conflict(f"Cannot kill container: {ref}: Container {record.id} is not running")
         sig = _signal(signal or "KILL")
         self.publish(record, "kill", {"signal": sig})
-        await self._call(self._compute.kill, record.id, sig)
+        await self._call("kill", record, sig)
 
     async def pause(self, account: Account, ref: str) -> None:
         record, state = await self.get(account, ref)
@@ -399,21 +514,21 @@ class ContainerService:
             raise Conflict(f"Container {record.id} is already paused")
         if state.status != "running":
             raise Conflict(f"Container {record.id} is not running")
-        await self._call(self._compute.pause, record.id)
-        await self._update(record, "pause", await self._compute.state(record.id))
+        await self._call("pause", record)
+        await self._update(record, "pause", await self._node_state(record))
 
     async def unpause(self, account: Account, ref: str) -> None:
         record, state = await self.get(account, ref)
         if state.status != "paused":
             raise Conflict(f"Container {record.id} is not paused")
-        await self._call(self._compute.unpause, record.id)
-        await self._update(record, "unpause", await self._compute.state(record.id))
+        await self._call("unpause", record)
+        await self._update(record, "unpause", await self._node_state(record))
 
     async def top(self, account: Account, ref: str, ps_args: str) -> dict:
         record, state = await self.get(account, ref)
         if state.status not in ("running", "paused"):
             raise Conflict(f"Container {record.id} is not running")
-        return await self._call(self._compute.top, record.id, ps_args or "-ef")
+        return await self._call("top", record, ps_args or "-ef")
 
     async def resize(self, account: Account, ref: str, height: int, width: int) -> None:
         """Running: now. Created (``docker start -ai``, attach-then-start): kept by the
@@ -421,7 +536,7 @@ class ContainerService:
         record, state = await self.get(account, ref)
         if state.status not in ("running", "paused", "created"):
             raise Conflict(f"Container {record.id} is not running")
-        await self._call(self._compute.resize, record.id, height, width)
+        await self._call("resize", record, height, width)
 
     async def wait(self, account: Account, ref: str, condition: str) -> ContainerState:
         """``POST /wait``: the state once ``condition`` holds."""
@@ -469,9 +584,9 @@ class ContainerService:
         await self._store.set_container_state(
             record.login, record.id, ContainerState(**{**state.to_json(), "removing": True})
         )
-        await self._call(self._compute.remove, record.id)
+        await self._call("remove", record)
         await self._store.delete_container(record)
-        await self._ipam.release(self._network["name"], record.id)
+        await self._release_address(record)
         self._waiters.notify(record.id, "destroy", state)
         self.publish(record, "destroy")
 
@@ -480,11 +595,12 @@ class ContainerService:
         log_type = (record.host_config.get("LogConfig") or {}).get("Type") or "json-file"
         if log_type == "none":
             raise NotImplementedYet("configured logging driver does not support reading")
-        await self._call(self._compute.logs, record.id, options, consumer)
+        await self._call("logs", record, options, consumer)
 
     async def attach(self, account: Account, cid: str, options: dict, sink):
         """Join the container's stdio (from its next start when it is not running)."""
-        return await self._call(self._compute.attach, cid, options, sink)
+        record = await self._record(account, cid)
+        return await self._call("attach", record, options, sink)
 
     async def run_attached(self, account: Account, cid: str, sink) -> ContainerState:
         """Start a created container with its stdout and stderr going to ``sink`` and
@@ -508,20 +624,31 @@ class ContainerService:
         """The container's changes as a layer in the blob store (``docker build``'s
         commit of a step; ``commit`` makes a whole image)."""
         record, _ = await self.get(account, ref)
-        return await self._call(self._compute.commit_layer, record.id)
+        return await self._call("commit_layer", record)
 
     async def replay_logs(self, account: Account, cid: str, consumer) -> None:
         """The kept log, for ``attach?logs=1``."""
         options = {"follow": False, "tail": None, "since": None, "until": None}
-        await self._call(self._compute.logs, cid, options, consumer)
+        record = await self._record(account, cid)
+        await self._call("logs", record, options, consumer)
 
     def prune_layers(self) -> None:
-        d = defer.ensureDeferred(self._compute.prune_layers())
+        d = defer.ensureDeferred(self._prune_layers())
         d.addCallback(lambda gone: gone and self.log.info("pruned {n} layers", n=len(gone)))
         d.addErrback(lambda f: self.log.failure("pruning layers", f))
 
+    async def _prune_layers(self) -> list[str]:
+        gone: list[str] = []
+        for compute in self._fleet.known().values():
+            try:
+                gone += await compute.prune_layers()
+            except ComputeError as e:
+                self.log.warn("pruning layers: {e}", e=e.message)
+        return gone
+
     async def disk_usage(self, record: ContainerRecord) -> dict:
-        return await self._compute.disk_usage(record.id)
+        compute = await self._fleet.compute(record.node)
+        return await compute.disk_usage(record.id)
 
     async def commit(self, account: Account, ref: str, options: dict) -> str:
         """``docker commit``: the container's changes as a new layer on its image, with
@@ -534,17 +661,21 @@ class ContainerService:
         config = commit.apply_changes(
             {**record.config, **(options.get("config") or {})}, options.get("changes") or []
         )
-        labels = {k: v for k, v in (config.get("Labels") or {}).items() if k != PACKAGE_LABEL}
+        labels = {
+            k: v
+            for k, v in (config.get("Labels") or {}).items()
+            if k not in (PACKAGE_LABEL, NODE_LABEL)
+        }
         config["Labels"] = labels or None
         base = await self._images.resolve(account, record.image_id)
         pause = options.get("pause", True) and state.status == "running"
         if pause:
-            await self._call(self._compute.pause, record.id)
+            await self._call("pause", record)
         try:
-            layer = await self._call(self._compute.commit_layer, record.id)
+            layer = await self._call("commit_layer", record)
         finally:
             if pause:
-                await self._call(self._compute.unpause, record.id)
+                await self._call("unpause", record)
         new_config = commit.image_config(
             self._images.config(base),
             config,
@@ -563,33 +694,31 @@ class ContainerService:
 
     async def archive_stat(self, account: Account, ref: str, path: str) -> dict:
         record, _ = await self.get(account, ref)
-        return await self._call(self._compute.archive_stat, record.id, path, path_errors=True)
+        return await self._call("archive_stat", record, path, path_errors=True)
 
     async def archive_get(self, account: Account, ref: str, path: str, consumer) -> None:
         record, _ = await self.get(account, ref)
-        await self._call(self._compute.archive_get, record.id, path, consumer, path_errors=True)
+        await self._call("archive_get", record, path, consumer, path_errors=True)
 
     async def archive_put(self, account: Account, ref: str, path: str, read, no_overwrite) -> None:
         """Copy into the container; refused for a read-only root, as dockerd."""
         record, _ = await self.get(account, ref)
         if record.host_config.get("ReadonlyRootfs"):
             raise Forbidden("container rootfs is marked read-only")
-        await self._call(
-            self._compute.archive_put, record.id, path, read, no_overwrite, path_errors=True
-        )
+        await self._call("archive_put", record, path, read, no_overwrite, path_errors=True)
 
     async def changes(self, account: Account, ref: str) -> list[dict]:
         record, _ = await self.get(account, ref)
-        return await self._call(self._compute.changes, record.id)
+        return await self._call("changes", record)
 
     async def export(self, account: Account, ref: str, consumer) -> None:
         record, _ = await self.get(account, ref)
-        await self._call(self._compute.export, record.id, consumer)
+        await self._call("export", record, consumer)
 
     async def stats(self, record: ContainerRecord, previous: dict | None) -> dict:
         """One ``docker stats`` sample from the node, with ``previous`` (the stream's last
         sample) as its precpu part, named as the account knows the container."""
-        sample = await self._call(self._compute.stats, record.id)
+        sample = await self._call("stats", record)
         sample = stats_shape.with_previous(sample, previous)
         sample["name"] = "/" + record.name
         return sample
@@ -601,6 +730,9 @@ class ContainerService:
         d.addErrback(lambda f: self.log.failure("applying node event {e}", f, e=event))
 
     async def _apply_event(self, event: dict) -> None:
+        if event["action"] == "resync":
+            await self._resync(event["node"])
+            return
         login, cid = event.get("owner"), event["id"]
         found = await self._store.get_container(login, cid) if login else None
         if found is None:
@@ -618,6 +750,14 @@ class ContainerService:
             if fresh and fresh[1].status not in RUNNING:
                 await self._destroy(*fresh)
 
+    async def _resync(self, node_id: str) -> None:
+        """The node's events reached us again (sdcd or the agent restarted, or the
+        connection broke): what happened meanwhile is read from the node itself."""
+        compute = await self._fleet.compute(node_id)
+        report, _seen = await self.reconcile_node(node_id, compute)
+        if any(report.values()):
+            self.log.warn("node {node} resynchronised: {report}", node=node_id, report=report)
+
     async def _update(self, record: ContainerRecord, action: str, node: dict | None) -> None:
         found = await self._store.get_container(record.login, record.id)
         if found is None or node is None:
@@ -627,37 +767,63 @@ class ContainerService:
         self._waiters.notify(record.id, action, state)
 
     async def reconcile(self) -> dict:
-        """Make Redis agree with what the node runs: a container the node lost is
-        marked exited; one the node has that Redis does not know is removed."""
-        node_id = self._compute.node_id
-        held = await self._compute.list()
+        """At start-up: make Redis agree with what every reachable node runs (a node
+        that does not answer is left as it is: its resync comes when it is back). With
+        an in-process node (one sdcd owns the datacenter) leftover build containers and
+        leaked addresses of its network go too."""
+        report: dict[str, list] = {"lost": [], "orphans": [], "leaked_ips": [], "builds": []}
+        owners: set[str] = set()
+        for node_id, compute in self._fleet.known().items():
+            try:
+                part, seen = await self.reconcile_node(node_id, compute, startup=True)
+            except ComputeError as e:
+                self.log.warn("node {node} not reconciled: {e}", node=node_id, e=e.message)
+                continue
+            owners |= seen
+            for key, values in part.items():
+                report[key] += values
+        if self._fleet.local is not None:
+            report["leaked_ips"] = await self._release_leaked_addresses(owners)
+        return report
+
+    async def reconcile_node(self, node_id: str, compute, startup: bool = False):
+        """Redis against one node: states from the node; a container the node lost is
+        marked exited; one the node holds that Redis does not know is removed. Returns
+        (report, every container id seen)."""
+        held = await compute.list()
         known = await self._store.node_containers(node_id)
         lost, orphans, builds = [], [], []
         known_ids = set()
+        clean_builds = startup and compute is self._fleet.local
         for login, cid in known:
             found = await self._store.get_container(login, cid)
             if found is None:
                 continue
             known_ids.add(cid)
             record, state = found
-            if BUILD_LABEL in (record.config.get("Labels") or {}):
+            if clean_builds and BUILD_LABEL in (record.config.get("Labels") or {}):
                 builds.append(cid)
                 await self._remove_leftover_build(record, state)
                 continue
             if cid in held:
                 await self._update(record, "sync", held[cid])
-            else:
+            elif startup or not self._being_created(record, state):
                 if not state.removing:
                     lost.append(cid)
                 await self._mark_lost(record, state)
         for cid in held:
-            if cid not in known_ids:
+            if cid not in known_ids:  # (held was read first: a create records, then prepares)
                 orphans.append(cid)
                 self.log.warn("node holds unknown container {cid}: removing it", cid=cid)
-                await self._compute.remove(cid)
-                await self._ipam.release(self._network["name"], cid)
-        leaked = await self._release_leaked_addresses(known_ids | set(held))
-        return {"lost": lost, "orphans": orphans, "leaked_ips": leaked, "builds": builds}
+                await compute.remove(cid)
+        return {"lost": lost, "orphans": orphans, "builds": builds}, known_ids | set(held)
+
+    def _being_created(self, record: ContainerRecord, state: ContainerState) -> bool:
+        """A create in flight through some sdcd: recorded, not yet on the node."""
+        if state.status != "created" or state.started_at:
+            return False
+        age = self._clock() - timestamps.parse(record.created)
+        return age < CREATE_GRACE_SECONDS
 
     async def _remove_leftover_build(self, record: ContainerRecord, state) -> None:
         try:
@@ -665,13 +831,13 @@ class ContainerService:
         except Exception:  # the node lost it: the record and address still go
             self.log.failure("removing build container {cid}", cid=record.id)
             await self._store.delete_container(record)
-            await self._ipam.release(self._network["name"], record.id)
+            await self._release_address(record)
 
     async def _release_leaked_addresses(self, owners: set[str]) -> list[str]:
         """Addresses whose owner is no container at all (a create that crashed between
         taking the address and recording the container). Run before the API serves, so
         no create is in flight."""
-        network = self._network["name"]
+        network = self._network["name"]  # the in-process node's
         leaked = []
         for ip, owner in (await self._ipam.allocations(network)).items():
             if owner not in owners:
@@ -682,7 +848,7 @@ class ContainerService:
     async def _mark_lost(self, record: ContainerRecord, state: ContainerState) -> None:
         if state.removing:
             await self._store.delete_container(record)
-            await self._ipam.release(self._network["name"], record.id)
+            await self._release_address(record)
             return
         self.log.warn("node lost container {cid}", cid=record.id)
         lost = ContainerState(
@@ -697,17 +863,38 @@ class ContainerService:
         )
         await self._store.set_container_state(record.login, record.id, lost)
 
-    @staticmethod
-    async def _call(method, *args, path_errors: bool = False):
-        """Call the node about container ``args[0]``; its errors as core errors. With
-        ``path_errors`` a "not found" is about the path asked for (the container was
-        found), and says so in the node's words."""
+    async def _call(self, method: str, record: ContainerRecord, *args, path_errors: bool = False):
+        """Call the container's node (``method`` with the container id first); its
+        errors as core errors. With ``path_errors`` a "not found" is about the path asked
+        for (the container was found), and says so in the node's words."""
         try:
-            return await method(*args)
+            compute = await self._fleet.compute(record.node)
+            return await getattr(compute, method)(record.id, *args)
         except ComputeError as e:
             if path_errors and e.kind == "not_found":
                 raise NotFound(e.message) from None
-            raise compute_error(e, args[0]) from None
+            raise compute_error(e, record.id) from None
+
+    async def _record(self, account: Account, cid: str) -> ContainerRecord:
+        found = await self._store.get_container(account.login, cid)
+        if found is None:
+            raise NotFound(f"No such container: {cid}")
+        return found[0]
+
+    async def _node_state(self, record: ContainerRecord) -> dict | None:
+        """What the node says of the container (None when it cannot say)."""
+        try:
+            compute = await self._fleet.compute(record.node)
+            return await compute.state(record.id)
+        except ComputeError:
+            return None
+
+    async def compute_for(self, login: str, cid: str):
+        """The ICompute of the node that holds the account's container ``cid``."""
+        found = await self._store.get_container(login, cid)
+        if found is None:
+            raise NotFound(f"No such container: {cid}")
+        return await self._fleet.compute(found[0].node)
 
 
 def _refuse_unbuilt_volumes(host_config: dict) -> None:

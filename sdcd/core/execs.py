@@ -81,10 +81,9 @@ class ExecService:
 
     log = Logger()
 
-    def __init__(self, store, containers: ContainerService, compute) -> None:
+    def __init__(self, store, containers: ContainerService) -> None:
         self._store = store
         self._containers = containers
-        self._compute = compute
         #: exec id -> Deferred fired once the process runs (or failed to): a resize that
         #: races the start waits for it instead of failing.
         self._starting: dict[str, defer.Deferred] = {}
@@ -134,7 +133,8 @@ class ExecService:
 
     async def _refresh(self, record: ExecRecord) -> ExecRecord:
         try:
-            node = await self._compute.exec_inspect(record.id)
+            compute = await self._node(record)
+            node = await compute.exec_inspect(record.id)
         except ComputeError:
             return record
         if node.get("exit_code") is None:
@@ -196,9 +196,10 @@ class ExecService:
             "size": list(size or record.size or ()) or None,
         }
         try:
-            session = await self._compute.exec_start(record.container, record.id, node_config, sink)
+            compute = await self._node(record)
+            session = await compute.exec_start(record.container, record.id, node_config, sink)
         except ComputeError as e:
-            code = await self._node_exit_code(record.id)
+            code = await self._node_exit_code(record)
             await self._finished(record, CANNOT_START if code is None else code)
             raise compute_error(e, record.container) from None
         record = await self._save(record, running=True, pid=int(getattr(session, "pid", 0) or 0))
@@ -207,15 +208,25 @@ class ExecService:
         d.addErrback(lambda f: self.log.failure("watching exec {id}", f, id=record.id))
         return session
 
-    async def _node_exit_code(self, exec_id: str) -> int | None:
+    async def _node(self, record: ExecRecord):
+        """The ICompute of the exec's container's node (a container gone meanwhile is
+        the node's "not found", as the node would say)."""
         try:
-            return (await self._compute.exec_inspect(exec_id)).get("exit_code")
+            return await self._containers.compute_for(record.login, record.container)
+        except NotFound as e:
+            raise ComputeError(str(e), "not_found") from None
+
+    async def _node_exit_code(self, record: ExecRecord) -> int | None:
+        try:
+            compute = await self._node(record)
+            return (await compute.exec_inspect(record.id)).get("exit_code")
         except ComputeError:
             return None
 
     async def _watch(self, record: ExecRecord) -> None:
         try:
-            code = await self._compute.exec_wait(record.id)
+            compute = await self._node(record)
+            code = await compute.exec_wait(record.id)
         except ComputeError:  # the container (and its execs) went away
             code = None
         if code is None:
@@ -262,7 +273,8 @@ class ExecService:
         if record.exit_code is not None:
             raise Conflict(f"Exec {exec_id} is not running")
         try:
-            await self._compute.exec_resize(record.container, exec_id, height, width)
+            compute = await self._node(record)
+            await compute.exec_resize(record.container, exec_id, height, width)
         except ComputeError as e:
             raise compute_error(e, record.container) from None
 

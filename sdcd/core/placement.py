@@ -87,21 +87,26 @@ class Rule:
 
 
 def node_views(
-    records: Iterable[Mapping], now: float, window: float, overcommit: float = 1.0
+    records: Iterable[Mapping],
+    now: float,
+    window: float,
+    overcommit: float = 1.0,
+    disk_overcommit: float = 1.0,
 ) -> list[Node]:
     """The registry's node records as placement sees them: up while the last heartbeat
-    is within ``window`` seconds; free memory is capacity x ``overcommit`` less what is
-    reserved (never below 0)."""
+    is within ``window`` seconds; free memory (disk) is capacity x ``overcommit``
+    (``disk_overcommit``) less what is reserved (never below 0)."""
     views = []
     for r in records:
         memory = int(r["memory"] * overcommit)
+        disk = int(r["disk"] * disk_overcommit)
         views.append(
             Node(
                 id=r["id"],
                 up=now - r["last_seen"] <= window,
                 memory_total=memory,
                 memory_free=max(0, memory - r.get("reserved_memory", 0)),
-                disk_free=max(0, r["disk"] - r.get("reserved_disk", 0)),
+                disk_free=max(0, disk - r.get("reserved_disk", 0)),
             )
         )
     return views

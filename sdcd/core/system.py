@@ -29,6 +29,13 @@ class AccountView:
     kernel_version: str
     architecture: str
     nodes_down: int = 0
+    #: Of the nodes that are up, in bytes: memory and disk not reserved by containers.
+    mem_free: int = 0
+    disk_total: int = 0
+    disk_free: int = 0
+
+
+MIB = 1024 * 1024
 
 
 class SystemService:
@@ -47,13 +54,17 @@ class SystemService:
         """The account's objects and the datacenter's capacity: the compute nodes that
         are up (heartbeat within the window), their CPUs and memory summed."""
         nodes, down, ncpu, mem_total = 1, 0, self._host.ncpu, self._host.mem_total
+        mem_free, disk_total, disk_free = mem_total, 0, 0
         if self._nodes is not None:
             records = await self._nodes.nodes()
             views = node_views(records, self._clock(), DOWN_AFTER_SECONDS)
-            up = [r for r, view in zip(records, views, strict=True) if view.up]
+            up = [(r, view) for r, view in zip(records, views, strict=True) if view.up]
             nodes, down = len(up), len(records) - len(up)
-            ncpu = sum(int(r["cpus"]) for r in up)
-            mem_total = sum(int(r["memory"]) for r in up) * 1024 * 1024
+            ncpu = sum(int(r["cpus"]) for r, _ in up)
+            mem_total = sum(int(r["memory"]) for r, _ in up) * MIB
+            mem_free = sum(view.memory_free for _, view in up) * MIB
+            disk_total = sum(int(r["disk"]) for r, _ in up) * MIB
+            disk_free = sum(view.disk_free for _, view in up) * MIB
         states = [state.status for _, state in await self._store.list_containers(account.login)]
         running = sum(s in ("running", "restarting") for s in states)
         paused = states.count("paused")
@@ -69,6 +80,9 @@ class SystemService:
             nodes_down=down,
             ncpu=ncpu,
             mem_total=mem_total,
+            mem_free=mem_free,
+            disk_total=disk_total,
+            disk_free=disk_free,
             kernel_version=self._host.kernel_version,
             architecture=self._host.architecture,
         )

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# KEYS: nodes, used, reservations. ARGV: node id, owner, memory, disk, overcommit.
+# KEYS: nodes, used, reservations. ARGV: node id, owner, memory, disk, memory and disk
+# overcommit ratios.
 # Returns 1 (reserved, or the owner already held its reservation), 0 (no room), -1 (no
 # such node).
 _RESERVE = """
@@ -23,10 +24,11 @@ if not info then return -1 end
 if redis.call('hexists', KEYS[3], ARGV[2]) == 1 then return 1 end
 local node = cjson.decode(info)
 local memory, disk, ratio = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local disk_ratio = tonumber(ARGV[6])
 local used_memory = tonumber(redis.call('hget', KEYS[2], 'memory') or '0')
 local used_disk = tonumber(redis.call('hget', KEYS[2], 'disk') or '0')
 if used_memory + memory > node.memory * ratio then return 0 end
-if used_disk + disk > node.disk then return 0 end
+if used_disk + disk > node.disk * disk_ratio then return 0 end
 redis.call('hset', KEYS[3], ARGV[2], memory .. ' ' .. disk)
 redis.call('hincrby', KEYS[2], 'memory', memory)
 redis.call('hincrby', KEYS[2], 'disk', disk)
@@ -45,6 +47,8 @@ return 1
 """
 
 NODE_FIELDS = ("hostname", "address", "memory", "disk", "cpus", "subnet")
+#: An agent's internal API port (the in-process node has none) and its bridge's address.
+OPTIONAL_FIELDS = ("port", "gateway")
 #: A node's agent beats this often; one not heard from for DOWN_AFTER_SECONDS is down.
 HEARTBEAT_SECONDS = 5.0
 DOWN_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
@@ -71,6 +75,7 @@ class RedisNodeRegistry:
         if missing:
             raise ValueError(f"node {node_id} lacks {', '.join(missing)}")
         record = {f: info[f] for f in NODE_FIELDS}
+        record.update({f: info[f] for f in OPTIONAL_FIELDS if info.get(f)})
         await self._redis.hset(self._key("nodes"), node_id, json.dumps(record))
         await self.heartbeat(node_id, now)
 
@@ -97,15 +102,28 @@ class RedisNodeRegistry:
         return result
 
     async def reserve(
-        self, node_id: str, owner: str, memory: int, disk: int, overcommit: float = 1.0
+        self,
+        node_id: str,
+        owner: str,
+        memory: int,
+        disk: int,
+        overcommit: float = 1.0,
+        disk_overcommit: float = 1.0,
     ) -> bool:
         """Reserve ``memory``/``disk`` MiB on the node for ``owner`` (a container id),
         atomically: False when it would pass the node's memory times ``overcommit`` or its
-        disk. Idempotent per owner."""
+        disk times ``disk_overcommit``. Idempotent per owner."""
         reply = await self._redis.eval(
             _RESERVE,
             [self._key("nodes"), self._key("nodeused", node_id), self._key("noderes", node_id)],
-            [node_id, owner, int(memory), int(disk), repr(float(overcommit))],
+            [
+                node_id,
+                owner,
+                int(memory),
+                int(disk),
+                repr(float(overcommit)),
+                repr(float(disk_overcommit)),
+            ],
         )
         if reply == -1:
             raise UnknownNode(node_id)
@@ -121,3 +139,25 @@ class RedisNodeRegistry:
     async def reservations(self, node_id: str) -> dict[str, tuple[int, int]]:
         held = await self._redis.hgetall(self._key("noderes", node_id)) or {}
         return {owner: tuple(int(x) for x in v.split()) for owner, v in held.items()}
+
+
+class RedisAPIRegistry:
+    """The sdcd instances serving a datacenter, each with the URL of its internal API
+    (the image store's blobs for nodes), heard from every heartbeat: agents fetch layers
+    from whichever are up. Layout: ``apis`` (hash name -> JSON {url, last_seen})."""
+
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._redis = redis
+        self._key = prefix + "apis"
+
+    async def beat(self, name: str, url: str, now: float) -> None:
+        await self._redis.hset(self._key, name, json.dumps({"url": url, "last_seen": now}))
+
+    async def leave(self, name: str) -> None:
+        await self._redis.hdel(self._key, name)
+
+    async def urls(self, now: float, window: float = DOWN_AFTER_SECONDS) -> list[str]:
+        """URLs of the instances heard from within ``window`` seconds, newest first."""
+        entries = [json.loads(v) for v in (await self._redis.hgetall(self._key) or {}).values()]
+        live = [e for e in entries if now - e["last_seen"] <= window]
+        return [e["url"] for e in sorted(live, key=lambda e: -e["last_seen"])]

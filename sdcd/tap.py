@@ -9,12 +9,13 @@ the store is connected.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import time
 
 from twisted.application import service
-from twisted.internet import defer, error
+from twisted.internet import defer, error, task
 from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.python import usage
 from twisted.web.resource import Resource
@@ -25,9 +26,11 @@ from sdcd.api.containers import ContainerRoutes
 from sdcd.api.execs import ExecRoutes
 from sdcd.api.halfclose import HalfCloseTLSFactory
 from sdcd.api.root import DockerRoot, LoggingSite
+from sdcd.auth import internal
 from sdcd.auth import tls as sdcd_tls
 from sdcd.auth.accounts import Authenticator
 from sdcd.cloudapi.app import CloudAPI
+from sdcd.compute.fleet import Fleet
 from sdcd.compute.heartbeat import Heartbeat, local_node_info
 from sdcd.compute.host import host_facts
 from sdcd.compute.local import LocalCompute
@@ -38,13 +41,15 @@ from sdcd.core.containers import ContainerService
 from sdcd.core.execs import ExecService
 from sdcd.core.images import ImageService
 from sdcd.core.system import SystemService
+from sdcd.images import blobserver
+from sdcd.images.blobserver import BlobResource
 from sdcd.images.blobstore import FileBlobStore
 from sdcd.images.registry import RegistryClient
 from sdcd.images.tls import SystemAndExtraCAs
 from sdcd.store import redis as redis_store
 from sdcd.store.embedded import EmbeddedRedis, EmbeddedRedisError
 from sdcd.store.ipam import RedisIPAllocator
-from sdcd.store.nodes import RedisNodeRegistry
+from sdcd.store.nodes import HEARTBEAT_SECONDS, RedisAPIRegistry, RedisNodeRegistry
 
 DEFAULT_CONFIG = "/etc/sdcd/sdcd.toml"
 
@@ -94,6 +99,10 @@ class SdcdService(service.MultiService):
         self.registry = None
         self.compute = None
         self.heartbeat = None
+        self.fleet = None
+        self.internal_port = None
+        self.api_beat = None
+        self.api_registry = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def check(self) -> None:
@@ -156,7 +165,7 @@ class SdcdService(service.MultiService):
         facts = host_facts()
         nodes = RedisNodeRegistry(pool, self.config.redis.prefix)
         system = SystemService(store, self.config.datacenter, facts, nodes)
-        blobs = FileBlobStore(self.config.data_dir / "blobs", self._reactor)
+        blobs = FileBlobStore(self.config.blob_dir or self.config.data_dir / "blobs", self._reactor)
         self.registry = RegistryClient(
             self._reactor,
             insecure=self.config.insecure_registries,
@@ -165,16 +174,7 @@ class SdcdService(service.MultiService):
         )
         images = ImageService(store, blobs, self.registry)
         containers = await self._open_compute(store, pool, images, blobs, nodes)
-        info = local_node_info(
-            self.config.public_host,
-            self.config.compute.subnet,
-            self.config.data_dir,
-            facts.mem_total,
-            facts.ncpu,
-        )
-        self.heartbeat = Heartbeat(nodes, self.compute.node_id, info, self._reactor)
-        await self.heartbeat.start()
-        exec_routes = ExecRoutes(ExecService(store, containers, self.compute))
+        exec_routes = ExecRoutes(ExecService(store, containers))
         build = BuildService(
             containers,
             images,
@@ -196,18 +196,23 @@ class SdcdService(service.MultiService):
             self.sites["cloudapi"].resource = cloud.resource()
 
     async def _open_compute(self, store, pool, images, blobs, nodes) -> ContainerService:
-        """The in-process compute node: bridge up, running containers re-attached, Redis
-        reconciled with what the node holds."""
+        """The datacenter's nodes: the in-process one (bridge up, running containers
+        re-attached, heartbeating) unless ``compute.local`` is off, and every agent's
+        through the internal API; then Redis reconciled with what they hold."""
         compute_config = self.config.compute
         bridge = BridgeConfig(compute_config.bridge, compute_config.subnet)
-        self.compute = LocalCompute(
-            self._reactor,
-            self.config.data_dir / "node",
-            blobs.path,
-            bridge,
-            dns=compute_config.dns,
-            node_id=compute_config.node_id,
-        )
+        local = None
+        if compute_config.local:
+            local = self.compute = LocalCompute(
+                self._reactor,
+                self.config.data_dir / "node",
+                blobs.path,
+                bridge,
+                dns=compute_config.dns,
+                node_id=compute_config.node_id,
+            )
+        material = await self._internal(pool, blobs) if self.config.internal.enabled else None
+        self.fleet = Fleet(self._reactor, nodes, material, blobs, local)
         network = {
             "name": "bridge",
             "subnet": bridge.subnet,
@@ -217,18 +222,63 @@ class SdcdService(service.MultiService):
         containers = ContainerService(
             store,
             images,
-            self.compute,
+            self.fleet,
             RedisIPAllocator(pool, self.config.redis.prefix),
             self.config.packages,
-            network,
+            network if local is not None else None,
             compute_config.default_memory,
             nodes,
+            (compute_config.memory_overcommit, compute_config.disk_overcommit),
+            self._reactor.seconds,
         )
-        await self.compute.open()
+        if local is not None:
+            await local.open()
+            facts = host_facts()
+            info = local_node_info(
+                self.config.public_host,
+                compute_config.subnet,
+                self.config.data_dir,
+                facts.mem_total,
+                facts.ncpu,
+            )
+            self.heartbeat = Heartbeat(nodes, local.node_id, info, self._reactor)
+            await self.heartbeat.start()
+        await self.fleet.start()
         report = await containers.reconcile()
         if any(report.values()):
             self.log.warn("reconciled: {report}", report=report)
         return containers
+
+    async def _internal(self, pool, blobs) -> internal.Material:
+        """The internal API's listener (the image store's blobs, for nodes) and this
+        instance's heartbeat in the registry of sdcd instances agents read."""
+        cfg = self.config.internal
+        name = cfg.name or f"{socket.gethostname()}:{self.config.docker.port}"
+        if cfg.cert_dir is not None:
+            material = internal.Material.read(cfg.cert_dir, "api")
+        else:
+            ca_cert, ca_key = internal.internal_ca(self.config.data_dir, self.config.datacenter)
+            material = internal.issue(ca_cert, ca_key, "api", name, [])
+        resource = BlobResource(blobs)
+        self.internal_port = blobserver.listen(
+            self._reactor, cfg.port, cfg.host, material, resource
+        )
+        port = self.internal_port.getHost().port
+        address = cfg.address or self.config.public_host
+        url = f"https://{address}:{port}"
+        apis = RedisAPIRegistry(pool, self.config.redis.prefix)
+        self.api_beat = task.LoopingCall(self._api_beat, apis, name, url)
+        self.api_beat.clock = self._reactor
+        await self._api_beat(apis, name, url)
+        self.api_beat.start(HEARTBEAT_SECONDS, now=False)
+        self.api_registry = (apis, name)
+        return material
+
+    async def _api_beat(self, apis, name: str, url: str) -> None:
+        try:
+            await apis.beat(name, url, self._reactor.seconds())
+        except Exception:
+            self.log.failure("image store heartbeat failed")
 
     def _failed(self, failure) -> None:
         self.log.failure("sdcd failed to start", failure)
@@ -240,6 +290,16 @@ class SdcdService(service.MultiService):
             await port.stopListening()
         if self.heartbeat is not None:
             self.heartbeat.stop()
+        if self.api_beat is not None and self.api_beat.running:
+            self.api_beat.stop()
+        if self.api_registry is not None:
+            apis, name = self.api_registry
+            with contextlib.suppress(Exception):
+                await apis.leave(name)
+        if self.internal_port is not None:
+            await self.internal_port.stopListening()
+        if self.fleet is not None:
+            await self.fleet.close()
         if self.compute is not None:
             await self.compute.close()
         if self.registry is not None:

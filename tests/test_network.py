@@ -3,6 +3,7 @@ netns, pings between host and containers, cleanup after crashes."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
@@ -14,6 +15,7 @@ from twisted.internet import utils
 
 from sdcd.compute import network as net
 from sdcd.compute.network import BridgeConfig, NetworkError
+from tests.fabric import nspython
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for ip netns")
 
@@ -206,3 +208,77 @@ async def test_failed_create_leaves_nothing(bridge, ids):
     assert bridge.name in str(failure.value) and failure.value.stderr
     assert failure.value.command[0].endswith("ip")
     assert gone(cid)
+
+
+# Run inside another netns by nsenter: /sys still shows the root netns there.
+IN_NETNS = """
+import json, os, sys
+from twisted.internet import defer, task, utils
+from sdcd.compute import network as net
+
+async def main(_reactor, op, cid, name, subnet):
+    cfg, out = net.BridgeConfig(name, subnet), {}
+    if op == "up":
+        ip = cfg.subnet.rsplit(".", 1)[0] + ".10"
+        await net.ensure_bridge(cfg)
+        await net.create_endpoint(cid, cfg, ip, net.mac_for_ip(ip))
+        inode = os.stat(net.netns_path(cid)).st_ino
+        await net.create_endpoint(cid, cfg, ip, net.mac_for_ip(ip))  # complete: kept
+        out["kept"] = os.stat(net.netns_path(cid)).st_ino == inode
+        ping = ["--net=" + net.netns_path(cid), "/bin/busybox", "ping", "-c1", "-W2", cfg.gateway]
+        out["ping"] = (await utils.getProcessOutputAndValue("/usr/bin/nsenter", ping))[2]
+        out["counters"] = await net.interface_counters(cid)
+    else:
+        await net.remove_endpoint(cid)
+        await net.remove_bridge(name)
+        try:
+            await net.interface_counters(cid)
+        except net.NetworkError:
+            out["counters"] = None
+    out["exists"] = await net.endpoint_exists(cid)
+    print(json.dumps(out))
+
+task.react(lambda r: defer.ensureDeferred(main(r, *sys.argv[1:])))
+"""
+
+
+def test_works_in_a_netns_that_sys_does_not_show(bridge):
+    """The agent runs as ``nsenter --net=... twistd sdcd-agent``: its /sys is the root
+    netns's. A root-netns link named like our bridge must not fool it."""
+    ns, cid = "sdt" + secrets.token_hex(5), new_id()
+    assert sh("ip", "netns", "add", ns).returncode == 0
+    # A decoy in the root netns with the bridge's name: /sys/class/net shows it.
+    assert sh("ip", "link", "add", bridge.name, "type", "bridge").returncode == 0
+    try:
+        up = nspython(ns, IN_NETNS, "up", cid, bridge.name, bridge.subnet)
+        assert up.returncode == 0, up.stderr
+        result = json.loads(up.stdout)
+        assert result["exists"] and result["kept"] and result["ping"] == 0
+        assert result["counters"]["tx_packets"] > 0 and result["counters"]["rx_packets"] > 0
+        links = sh("ip", "-n", ns, "-o", "link").stdout
+        assert f": {bridge.name}: " in links
+        assert f"{net.host_veth_name(cid)}@" in links and f"master {bridge.name} " in links
+        assert net.host_veth_name(cid) not in sh("ip", "-o", "link").stdout
+
+        down = nspython(ns, IN_NETNS, "down", cid, bridge.name, bridge.subnet)
+        assert down.returncode == 0, down.stderr
+        assert json.loads(down.stdout) == {"counters": None, "exists": False}
+        links = sh("ip", "-n", ns, "-o", "link").stdout.splitlines()
+        assert [line.split()[1] for line in links] == ["lo:"]
+        assert not os.path.lexists(net.netns_path(cid))
+        assert os.path.exists(f"/sys/class/net/{bridge.name}")  # the decoy is untouched
+    finally:
+        sh("ip", "netns", "del", net.netns_name(cid))
+        sh("ip", "netns", "del", ns)
+
+
+def test_counters_from_proc_net_dev():
+    """/proc/self/net/dev parsing, on the loopback of this netns."""
+    lo = net._proc_net_dev("lo")
+    assert lo is not None and set(lo) == {
+        f"{d}_{w}" for d in ("rx", "tx") for w in ("bytes", "packets", "errors", "dropped")
+    }
+    assert net._proc_net_dev("nosuchlink0") is None
+    assert net.read_counters("f" * 64) is None
+    assert net._link_exists("lo") and not net._link_exists("nosuchlink0")
+    assert not net._link_exists("x" * 40)

@@ -14,6 +14,13 @@ Packets between containers on one bridge pass through iptables' FORWARD chain wh
 ``br_netfilter`` is on (``net.bridge.bridge-nf-call-iptables=1``); this module never
 touches iptables, so an operator's FORWARD policy of DROP (as dockerd sets) blocks
 container-to-container traffic until the bridge is allowed there.
+
+Every check works in the network namespace this process runs in, which need not be the
+one ``/sys/class/net`` shows: sysfs belongs to the netns of whoever mounted it, so an
+agent started as ``nsenter --net=/run/netns/<node> twistd ...`` still sees the root
+netns's interfaces there. Links are therefore looked up with ``if_nametoindex`` (an
+ioctl on a socket of our netns), counters read from ``/proc/self/net/dev`` and a bridge
+port's master asked of ``ip``.
 """
 
 from __future__ import annotations
@@ -22,13 +29,15 @@ import contextlib
 import ipaddress
 import os
 import shutil
+import socket
 from typing import Any
 
 import attrs
 from twisted.internet import defer, protocol, threads
 
 NETNS_DIR = "/run/netns"
-SYS_NET = "/sys/class/net"
+SYS_NET = "/sys/class/net"  # the mounter's netns, not necessarily ours: not read here
+PROC_NET_DEV = "/proc/self/net/dev"
 IP = shutil.which("ip") or "/usr/sbin/ip"
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 _COUNTERS = ("bytes", "packets", "errors", "dropped")
@@ -116,7 +125,22 @@ async def _ip_batch(lines: list[str], netns: str | None = None) -> None:
 
 
 def _link_exists(name: str) -> bool:
-    return os.path.exists(os.path.join(SYS_NET, name))
+    """Whether ``name`` is a link in this process's netns: one ioctl (SIOCGIFINDEX) on a
+    socket, which is answered by the socket's netns, unlike /sys."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+async def _link_master(name: str) -> str | None:
+    """The bridge ``name`` is enslaved to (None if none, or no such link)."""
+    code, out, _ = await _run([IP, "-o", "link", "show", "dev", name], check=False)
+    fields = out.split()
+    if code != 0 or "master" not in fields[:-1]:
+        return None
+    return fields[fields.index("master") + 1]
 
 
 async def ensure_bridge(cfg: BridgeConfig) -> None:
@@ -218,8 +242,7 @@ async def _endpoint_complete(container_id: str, bridge: BridgeConfig, ip: str, m
     path, veth = netns_path(container_id), host_veth_name(container_id)
     if not (os.path.ismount(path) and _link_exists(veth)):
         return False
-    master = os.path.join(SYS_NET, veth, "master")
-    if not os.path.islink(master) or os.path.basename(os.readlink(master)) != bridge.name:
+    if await _link_master(veth) != bridge.name:
         return False
     code, out, _ = await _run(
         [IP, "-n", netns_name(container_id), "-o", "-batch", "-"],
@@ -276,20 +299,45 @@ async def list_endpoints(prefix: str = "sdcd-") -> list[str]:
 
 async def interface_counters(container_id: str) -> dict[str, int]:
     """The container's eth0 counters as the container sees them (``rx_bytes``,
-    ``tx_packets``, ...), read from the host veth's statistics with rx and tx swapped:
-    what the host end receives, the container sent."""
+    ``tx_packets``, ...), read from the host veth's line in /proc/self/net/dev with rx and
+    tx swapped: what the host end receives, the container sent."""
     veth = host_veth_name(container_id)
-    try:
-        return await threads.deferToThread(_read_counters, veth)
-    except FileNotFoundError as e:
-        raise NetworkError(["read", os.path.join(SYS_NET, veth, "statistics")], str(e)) from e
-
-
-def _read_counters(veth: str) -> dict[str, int]:
-    stats = os.path.join(SYS_NET, veth, "statistics")
-    counters = {}
-    for host_dir, container_dir in (("rx", "tx"), ("tx", "rx")):
-        for what in _COUNTERS:
-            with open(os.path.join(stats, f"{host_dir}_{what}")) as f:
-                counters[f"{container_dir}_{what}"] = int(f.read())
+    counters = await threads.deferToThread(read_counters, container_id)
+    if counters is None:
+        raise NetworkError(["read", PROC_NET_DEV], f"no interface {veth}")
     return counters
+
+
+def read_counters(container_id: str) -> dict[str, int] | None:
+    """``interface_counters`` for callers already in a thread (stats sampling); None when
+    the container has no host veth. Blocks: the file lists every interface of the netns."""
+    host = _proc_net_dev(host_veth_name(container_id))
+    if host is None:
+        return None
+    return {
+        f"{container_dir}_{what}": host[f"{host_dir}_{what}"]
+        for host_dir, container_dir in (("rx", "tx"), ("tx", "rx"))
+        for what in _COUNTERS
+    }
+
+
+# /proc/net/dev's columns after "name:": 8 receive then 8 transmit fields, of which the
+# first four of each are bytes, packets, errs, drop (rx drop includes rx_missed_errors).
+_DEV_FIELDS = 8
+
+
+def _proc_net_dev(name: str) -> dict[str, int] | None:
+    """One interface's ``{rx,tx}_{bytes,packets,errors,dropped}`` from this process's
+    netns (/proc/self/net follows the reader's netns), or None if it is not listed."""
+    with open(PROC_NET_DEV) as f:
+        for line in f:
+            head, sep, rest = line.partition(":")  # names cannot contain ":"
+            if not sep or head.strip() != name:
+                continue
+            values = [int(v) for v in rest.split()]
+            return {
+                f"{direction}_{what}": values[base + i]
+                for direction, base in (("rx", 0), ("tx", _DEV_FIELDS))
+                for i, what in enumerate(_COUNTERS)
+            }
+    return None

@@ -166,3 +166,18 @@ async def test_a_paused_reader_pauses_the_node(agent, pki):
     await done
     assert consumer.received == node.made == options_total
     await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_that_never_answers_is_unreachable(agent, pki, monkeypatch):
+    """A frozen node (no answer, no RST) fails the call after the call timeout."""
+    from sdcd.compute import remote as remote_module
+
+    node, port = agent
+    node.info = lambda: defer.Deferred()  # never fires
+    monkeypatch.setattr(remote_module, "CALL_TIMEOUT", 0.5)
+    client = remote(port, pki["api"])
+    with pytest.raises(ComputeError) as e:
+        await client.info()
+    assert e.value.kind == "unavailable" and "no answer to info" in e.value.message
+    await client.close()

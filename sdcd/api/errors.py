@@ -22,6 +22,7 @@ STATUS = {
     errors.NotModified: 304,
     errors.Unprocessable: 422,
     errors.TooManyRequests: 429,
+    errors.Unavailable: 503,
 }
 
 

@@ -31,6 +31,10 @@ from sdcd.compute.interface import ComputeError, ICompute
 #: Idle connections kept per node for plain calls.
 IDLE_CONNECTIONS = 8
 CONNECT_TIMEOUT = 5
+#: Seconds a plain call may take before the node counts as unreachable (a host that
+#: froze or a partition sends no RST). ``exec_wait`` waits as long as the exec runs.
+CALL_TIMEOUT = 300.0
+UNTIMED = frozenset({"exec_wait"})
 #: Seconds between attempts to re-open a lost event subscription.
 RESUBSCRIBE_DELAY = 1.0
 #: Plain calls that are safe to send again when a pooled connection turned out dead.
@@ -238,6 +242,8 @@ class RemoteCompute:
             reply = _Reply()
             conn.handler = reply
             conn.send_json(wire.CALL, {"method": method, "args": list(args)})
+            if method not in UNTIMED:
+                reply.d.addTimeout(CALL_TIMEOUT, self._reactor, self._timed_out(conn, method))
             try:
                 result = await reply.d
             except _Lost as e:
@@ -250,6 +256,13 @@ class RemoteCompute:
             self._release(conn)
             return result
         raise AssertionError("unreachable")
+
+    def _timed_out(self, conn: _Connection, method: str) -> Callable:
+        def give_up(result: Any, timeout: float) -> Any:
+            conn.transport.abortConnection()
+            raise self._unreachable(f"no answer to {method} within {timeout:.0f} s")
+
+        return give_up
 
     async def _stream(self, method: str, args: list, handler: Any) -> _Connection:
         conn = await self._connect()

@@ -31,6 +31,7 @@ from sdcd.core.errors import (
     NotFound,
     NotImplementedYet,
     NotModified,
+    Unavailable,
 )
 from sdcd.core.events import EventLog, container_event
 from sdcd.core.images import ImageService, require_provisioning, short_id
@@ -987,6 +988,8 @@ def compute_error(e: Exception, cid: str) -> Exception:
             return Conflict(e.message)
         if e.kind == "invalid":
             return InvalidArgument(e.message)
+        if e.kind == "unavailable":
+            return Unavailable(e.message)
         return CoreError(e.message)
     return e
 

@@ -50,3 +50,7 @@ class TooManyRequests(CoreError):
 
 class Unprocessable(CoreError):
     """Well-formed but unsatisfiable (SDC: no package fits the constraints)."""
+
+
+class Unavailable(CoreError):
+    """What the request needs is not reachable now (a compute node that is down)."""

@@ -48,6 +48,7 @@ from sdcd.images.registry import RegistryClient
 from sdcd.images.tls import SystemAndExtraCAs
 from sdcd.store import redis as redis_store
 from sdcd.store.embedded import EmbeddedRedis, EmbeddedRedisError
+from sdcd.store.eventbus import RedisEventBus
 from sdcd.store.ipam import RedisIPAllocator
 from sdcd.store.nodes import HEARTBEAT_SECONDS, RedisAPIRegistry, RedisNodeRegistry
 
@@ -103,6 +104,7 @@ class SdcdService(service.MultiService):
         self.internal_port = None
         self.api_beat = None
         self.api_registry = None
+        self.event_bus = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def check(self) -> None:
@@ -150,6 +152,7 @@ class SdcdService(service.MultiService):
             await self.embedded.start()
             url = self.embedded.url
         pool = await redis_store.connect(url)
+        self._redis_url = url
         self.store = redis_store.RedisStateStore(pool, self.config.redis.prefix)
         await self._wire(self.store, pool)
         for name, port in self.ports.items():
@@ -174,6 +177,8 @@ class SdcdService(service.MultiService):
         )
         images = ImageService(store, blobs, self.registry)
         containers = await self._open_compute(store, pool, images, blobs, nodes)
+        if self.api_registry is not None:  # one of several instances, maybe
+            await self._share_events(containers, pool)
         exec_routes = ExecRoutes(ExecService(store, containers))
         build = BuildService(
             containers,
@@ -274,6 +279,14 @@ class SdcdService(service.MultiService):
         self.api_registry = (apis, name)
         return material
 
+    async def _share_events(self, containers: ContainerService, pool) -> None:
+        """This instance's API events to the others, theirs to this one's clients."""
+        reader = await redis_store.connect(self._redis_url, poolsize=1)
+        _apis, name = self.api_registry
+        self.event_bus = RedisEventBus(pool, reader, self.config.redis.prefix, name, self._reactor)
+        containers.events.bus = self.event_bus
+        await self.event_bus.start(containers.events.deliver)
+
     async def _api_beat(self, apis, name: str, url: str) -> None:
         try:
             await apis.beat(name, url, self._reactor.seconds())
@@ -292,6 +305,8 @@ class SdcdService(service.MultiService):
             self.heartbeat.stop()
         if self.api_beat is not None and self.api_beat.running:
             self.api_beat.stop()
+        if self.event_bus is not None:
+            await self.event_bus.stop()
         if self.api_registry is not None:
             apis, name = self.api_registry
             with contextlib.suppress(Exception):

@@ -177,8 +177,19 @@ def test_killed_agent_is_marked_down_and_comes_back(user, dc):
 
 def test_second_sdcd_serves_everything(user, dc):
     second = dc.add_sdcd()
+    since = str(int(time.time()) - 1)
     c = run(user, "--name", "via-first", "busybox", "sh", "-c", "echo hello; sleep 600")
     user.sdcd = second  # (and for the module's clean-up: the first one stops here)
+
+    def actions() -> list[str]:
+        out = user.ok(
+            "events", "--since", since, "--until", str(int(time.time()) + 1),
+            "--filter", "container=via-first", "--format", "{{.Action}}",
+        )  # fmt: skip
+        return out.split()
+
+    # create came through the other instance's event stream, start from the node itself
+    wait_for(lambda: actions() == ["create", "start"], 10)
     assert c in user.ok("ps", "-q", "--no-trunc")
     assert user.ok("logs", c) == "hello\n"
     assert user.ok("exec", c, "echo", "from-second") == "from-second\n"

@@ -448,7 +448,11 @@ class ContainerService:
             ],
         }
 
-    def publish(self, record: ContainerRecord, action: str, extra: dict | None = None) -> None:
+    def publish(
+        self, record: ContainerRecord, action: str, extra: dict | None = None, share: bool = True
+    ) -> None:
+        """A container event; ``share`` False for a node's event (every instance hears
+        the node itself)."""
         self.events.publish(
             record.login,
             container_event(
@@ -459,6 +463,7 @@ class ContainerService:
                 record.config.get("Labels") or {},
                 extra,
             ),
+            share,
         )
 
     # -- run state --------------------------------------------------------------------
@@ -745,7 +750,7 @@ class ContainerService:
             if event["action"] == "die"
             else None
         )
-        self.publish(record, event["action"], extra)
+        self.publish(record, event["action"], extra, share=False)
         if event["action"] == "die" and record.host_config.get("AutoRemove"):
             fresh = await self._store.get_container(login, cid)
             if fresh and fresh[1].status not in RUNNING:

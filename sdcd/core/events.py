@@ -1,8 +1,9 @@
 """``docker events``: what happened to an account's containers, as dockerd reports it.
 
 Events are kept per account in a bounded ring (for ``since``) and pushed to live
-listeners. They live in this process: with several sdcd instances (issue 7) they are to
-travel through Redis instead; the interface here does not change for that.
+listeners. With several sdcd instances, what this instance's API did is also sent to the
+others through a bus (``sdcd.store.eventbus``), and what they did arrives here by
+``deliver``; the ring holds what happened since this instance started.
 """
 
 from __future__ import annotations
@@ -50,12 +51,22 @@ class EventLog:
     """Per-account event history and live subscriptions."""
 
     def __init__(self) -> None:
+        #: Sends an event to the other instances (``send(login, event)``), if any.
+        self.bus: Any = None
         self._kept: dict[str, collections.deque] = collections.defaultdict(
             lambda: collections.deque(maxlen=KEEP)
         )
         self._listeners: dict[str, set[Callable[[dict], None]]] = collections.defaultdict(set)
 
-    def publish(self, login: str, event: dict) -> None:
+    def publish(self, login: str, event: dict, share: bool = True) -> None:
+        """An event of this instance; ``share``: the other instances did not see it
+        (an API action, not a node's event, which every instance hears)."""
+        self.deliver(login, event)
+        if share and self.bus is not None:
+            self.bus.send(login, event)
+
+    def deliver(self, login: str, event: dict) -> None:
+        """An event for this instance's history and listeners."""
         self._kept[login].append(event)
         for listener in list(self._listeners[login]):
             listener(event)

@@ -76,7 +76,7 @@ class BlobResource(Resource):
     def _allowed(self, request: server.Request) -> bool:
         """The peer's certificate is a verified internal one (the TLS context checked
         the chain) with one of the allowed roles."""
-        get = getattr(request.transport, "getPeerCertificate", None)
+        get = getattr(getattr(request, "transport", None), "getPeerCertificate", None)
         cert = get() if get is not None else None
         if cert is None:
             return False

@@ -138,21 +138,21 @@ def _flag(value: bool | None) -> str:
     return "" if value is None else ("1" if value else "0")
 
 
-def connect(url: str, *, connect_timeout: float = 5.0) -> Deferred:
+def connect(url: str, *, connect_timeout: float = 5.0, poolsize: int = 4) -> Deferred:
     """Connect a pool to ``redis://[:password@]host[:port][/db]`` or
     ``unix:///path/to.sock[?db=N]``; fires with the pool once connected."""
     parts = urlsplit(url)
     if parts.scheme == "unix":
         db = int(parse_qs(parts.query).get("db", ["0"])[0])
         return txredisapi.UnixConnectionPool(
-            parts.path, dbid=db, poolsize=4, connectTimeout=connect_timeout, replyTimeout=30
+            parts.path, dbid=db, poolsize=poolsize, connectTimeout=connect_timeout, replyTimeout=30
         )
     db = int(parts.path.strip("/") or 0)
     return txredisapi.ConnectionPool(
         parts.hostname or "localhost",
         parts.port or 6379,
         dbid=db,
-        poolsize=4,
+        poolsize=poolsize,
         password=parts.password,
         connectTimeout=connect_timeout,
         replyTimeout=30,

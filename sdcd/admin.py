@@ -25,6 +25,7 @@ from sdcd.core.accounts import AccountService
 from sdcd.core.errors import CoreError, InvalidArgument
 from sdcd.store import redis as redis_store
 from sdcd.store.embedded import EmbeddedRedis, EmbeddedRedisError, socket_answers
+from sdcd.store.nodes import DOWN_AFTER_SECONDS, RedisNodeRegistry
 from sdcd.tap import DEFAULT_CONFIG
 
 
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         help="an address or host name sdcd reaches the node by (repeatable)",
     )
     enrol.add_argument("--out", required=True, help="directory for ca.pem, node.pem, node-key.pem")
+    verbs.add_parser("list", help="the registered nodes: up or down, capacity, reserved")
     api = what.add_parser("api-cert", help="issue an sdcd instance's certificate for the agents")
     api.add_argument("name")
     api.add_argument("--out", required=True, help="directory for ca.pem, api.pem, api-key.pem")
@@ -189,6 +191,25 @@ async def _check_new_keys(service: AccountService, login: str, lines: list[str])
         seen.add(blob)
 
 
+async def _nodes(registry: RedisNodeRegistry, as_json: bool) -> None:
+    """Every registered node as placement sees it (memory and disk in MiB)."""
+    now = time.time()
+    nodes = await registry.nodes()
+    for node in nodes:
+        node["up"] = now - node["last_seen"] <= DOWN_AFTER_SECONDS
+    if as_json:
+        print(json.dumps(nodes, indent=2, sort_keys=True))
+        return
+    header = f"{'ID':36}  {'STATE':5}  {'ADDRESS':15}  {'SUBNET':18}"
+    print(header + "  MEMORY (RESERVED)  DISK (RESERVED)")
+    for n in nodes:
+        print(
+            f"{n['id']:36}  {'up' if n['up'] else 'down':5}  {n['address']:15}  "
+            f"{n['subnet']:18}  {n['memory']} ({n['reserved_memory']})  "
+            f"{n['disk']} ({n['reserved_disk']})"
+        )
+
+
 async def _with_store(reactor, config: sdcd_config.Config, args: argparse.Namespace) -> None:
     """Run the command on sdcd's Redis, starting the embedded one if sdcd is not running."""
     embedded = None
@@ -205,6 +226,9 @@ async def _with_store(reactor, config: sdcd_config.Config, args: argparse.Namesp
     try:
         pool = await redis_store.connect(url)
         store = redis_store.RedisStateStore(pool, config.redis.prefix)
+        if args.what == "node":
+            await _nodes(RedisNodeRegistry(pool, config.redis.prefix), args.json)
+            return
         service = AccountService(store, time.time)
         await (_account if args.what == "account" else _key)(service, args)
     finally:
@@ -222,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except sdcd_config.ConfigError as e:
         sys.exit(f"sdcd-admin: {e}")
 
-    if args.what in ("node", "api-cert"):
+    if args.what == "api-cert" or (args.what == "node" and args.verb == "enrol"):
         try:
             _pki(config, args)
         except (internal.PKIError, OSError) as e:

@@ -62,6 +62,14 @@ def test_info_shows_the_datacenter(user, dc):
     assert status["Memory free"].endswith("GiB")
 
 
+def test_admin_lists_the_nodes(sdcd, dc):
+    listed = json.loads(sdcd.admin("--json", "node", "list").stdout)
+    assert {n["id"] for n in listed} == {a.node_id for a in dc.agents}
+    assert all(n["up"] and n["memory"] == NODE_MEMORY for n in listed)
+    table = sdcd.admin("node", "list").stdout
+    assert all(f"{a.node_id}  up " in table for a in dc.agents)
+
+
 def test_six_containers_spread_over_three_nodes(user, dc):
     ids = [run(user, "busybox", "sleep", "600") for _ in range(6)]
     nodes = [node_of(user, cid) for cid in ids]

@@ -277,15 +277,23 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any, str], Any], Any]]] = {
 }
 
 
-def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """Validate one section (``""`` is the top level) and fill in defaults."""
-    schema = SCHEMA[name]
+def _section(
+    raw: Mapping[str, Any],
+    name: str,
+    schema_of: Mapping[str, Mapping[str, tuple]] | None = None,
+    tables: tuple[str, ...] = ("packages",),
+) -> dict[str, Any]:
+    """Validate one section (``""`` is the top level) of ``schema_of`` (sdcd's SCHEMA by
+    default; the agent has its own) and fill in defaults. ``tables``: top-level keys that
+    are parsed elsewhere."""
+    schemas = SCHEMA if schema_of is None else schema_of
+    schema = schemas[name]
     table = raw if name == "" else raw.get(name, {})
     if not isinstance(table, dict):
         raise ConfigError(f"[{name}] must be a table")
     values = {}
     for key, value in table.items():
-        if name == "" and (key in SCHEMA or key == "packages"):
+        if name == "" and (key in schemas or key in tables):
             continue
         if key not in schema:
             where = f"[{name}] " if name else ""

@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from sdcd import config as sdcd_config
 from sdcd.config import (
     ConfigError,
     _address_list,
@@ -72,20 +73,7 @@ class AgentConfig:
 
 
 def _section(raw: dict, name: str) -> dict:
-    schema = SCHEMA[name]
-    table = raw if name == "" else raw.get(name, {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    values = {}
-    for key, value in table.items():
-        if name == "" and key in SCHEMA:
-            continue
-        if key not in schema:
-            raise ConfigError(f"unknown setting {f'[{name}] ' if name else ''}{key!r}")
-        values[key] = schema[key][0](value, f"{name + '.' if name else ''}{key}")
-    for key, (_, default) in schema.items():
-        values.setdefault(key, default)
-    return values
+    return sdcd_config._section(raw, name, SCHEMA, tables=())
 
 
 def parse(text: str, path: Path) -> AgentConfig:

@@ -23,16 +23,15 @@ import treq
 from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from sdcd.auth import internal
-from sdcd.images.blobstore import BlobError, BlobWriter, FileBlobStore, check_digest
+from sdcd.images.blobstore import BlobError, FileBlobStore, check_digest
+from sdcd.images.bodies import BodyCollector
 
 
 class BlobFetchError(Exception):
@@ -90,49 +89,6 @@ class InternalTLSPolicy:
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> _InternalConnections:
         return self._creator
-
-
-class _Download(Protocol):
-    """Streams a response body into a BlobWriter, pausing the connection while the
-    writer's disk write is pending; fails if nothing arrives for ``idle`` seconds."""
-
-    def __init__(self, writer: BlobWriter, done: defer.Deferred, reactor, idle: float) -> None:
-        self._writer = writer
-        self._done = done
-        self._reactor = reactor
-        self._idle = idle
-        self._timer = None
-
-    def connectionMade(self) -> None:
-        self._writer.attach(self.transport)
-        self._timer = self._reactor.callLater(self._idle, self._timed_out)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._idle)
-        self._writer.write(data)
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        self.transport.stopProducing()
-        self._finish(BlobFetchError(f"the image store sent nothing for {self._idle:.0f}s"))
-
-    def connectionLost(self, reason) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self._finish(None)
-        else:
-            self._finish(BlobFetchError(f"download interrupted: {reason.getErrorMessage()}"))
-
-    def _finish(self, problem: Exception | None) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self._done.called:
-            return
-        if problem is None:
-            self._done.callback(None)
-        else:
-            self._done.errback(problem)
 
 
 class BlobCache:
@@ -231,7 +187,10 @@ class BlobCache:
         writer = self.store.writer(digest, size)
         done: defer.Deferred = defer.Deferred()
         try:
-            response.deliverBody(_Download(writer, done, self._reactor, self._idle))
+            collector = BodyCollector(writer.write, done, self._reactor, self._idle, BlobFetchError)
+            response.deliverBody(collector)
+            if collector.transport is not None:  # paused while the disk write is pending
+                writer.attach(collector.transport)
             await done
             await writer.commit()  # DigestMismatch: nothing is stored
         except BaseException:

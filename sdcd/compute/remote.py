@@ -27,6 +27,7 @@ from zope.interface import implementer
 from sdcd.auth import internal
 from sdcd.compute import wire
 from sdcd.compute.interface import ComputeError, ICompute
+from sdcd.compute.threadwriter import PauseGate
 
 #: Idle connections kept per node for plain calls.
 IDLE_CONNECTIONS = 8
@@ -158,6 +159,17 @@ class _Reply:
             self.d.errback(_Lost(reason.getErrorMessage()))
 
 
+def _plain_call(method: str) -> Callable[..., defer.Deferred]:
+    """The ``ICompute`` method ``method``, as one plain call to the agent."""
+
+    def call(self: RemoteCompute, *args: Any) -> defer.Deferred:
+        return defer.ensureDeferred(self._plain(method, *args))
+
+    call.__name__ = method
+    call.__doc__ = f"``ICompute.{method}`` on the node's agent."
+    return call
+
+
 @implementer(ICompute)
 class RemoteCompute:
     """A compute node reached through its agent."""
@@ -275,67 +287,28 @@ class RemoteCompute:
             handler.conn = conn
         return conn
 
-    # -- plain calls -----------------------------------------------------------------------
+    # -- plain calls: one frame each way (``wire.PLAIN``) ------------------------------
 
-    def info(self):
-        return defer.ensureDeferred(self._plain("info"))
-
-    def prepare(self, spec):
-        return defer.ensureDeferred(self._plain("prepare", spec))
-
-    def start(self, cid):
-        return defer.ensureDeferred(self._plain("start", cid))
-
-    def stop(self, cid, timeout):
-        return defer.ensureDeferred(self._plain("stop", cid, timeout))
-
-    def kill(self, cid, signal):
-        return defer.ensureDeferred(self._plain("kill", cid, signal))
-
-    def pause(self, cid):
-        return defer.ensureDeferred(self._plain("pause", cid))
-
-    def unpause(self, cid):
-        return defer.ensureDeferred(self._plain("unpause", cid))
-
-    def top(self, cid, ps_args):
-        return defer.ensureDeferred(self._plain("top", cid, ps_args))
-
-    def resize(self, cid, height, width):
-        return defer.ensureDeferred(self._plain("resize", cid, height, width))
-
-    def remove(self, cid):
-        return defer.ensureDeferred(self._plain("remove", cid))
-
-    def state(self, cid):
-        return defer.ensureDeferred(self._plain("state", cid))
-
-    def list(self):
-        return defer.ensureDeferred(self._plain("list"))
-
-    def exec_resize(self, cid, exec_id, height, width):
-        return defer.ensureDeferred(self._plain("exec_resize", cid, exec_id, height, width))
-
-    def exec_inspect(self, exec_id):
-        return defer.ensureDeferred(self._plain("exec_inspect", exec_id))
-
-    def exec_wait(self, exec_id):
-        return defer.ensureDeferred(self._plain("exec_wait", exec_id))
-
-    def stats(self, cid):
-        return defer.ensureDeferred(self._plain("stats", cid))
-
-    def changes(self, cid):
-        return defer.ensureDeferred(self._plain("changes", cid))
-
-    def archive_stat(self, cid, path):
-        return defer.ensureDeferred(self._plain("archive_stat", cid, path))
-
-    def disk_usage(self, cid):
-        return defer.ensureDeferred(self._plain("disk_usage", cid))
-
-    def prune_layers(self):
-        return defer.ensureDeferred(self._plain("prune_layers"))
+    info = _plain_call("info")
+    prepare = _plain_call("prepare")
+    start = _plain_call("start")
+    stop = _plain_call("stop")
+    kill = _plain_call("kill")
+    pause = _plain_call("pause")
+    unpause = _plain_call("unpause")
+    top = _plain_call("top")
+    resize = _plain_call("resize")
+    remove = _plain_call("remove")
+    state = _plain_call("state")
+    list = _plain_call("list")
+    exec_resize = _plain_call("exec_resize")
+    exec_inspect = _plain_call("exec_inspect")
+    exec_wait = _plain_call("exec_wait")
+    stats = _plain_call("stats")
+    changes = _plain_call("changes")
+    archive_stat = _plain_call("archive_stat")
+    disk_usage = _plain_call("disk_usage")
+    prune_layers = _plain_call("prune_layers")
 
     def commit_layer(self, cid):
         return defer.ensureDeferred(self._commit_layer(cid))
@@ -526,11 +499,45 @@ class _Pausing:
             self.conn.transport.loseConnection()
 
 
-class _LogsHandler(_Pausing):
+class _ToConsumer(_Pausing):
+    """A stream into a caller's consumer: ``done`` fires at its RESULT, fails with its
+    ERROR or a lost connection (a consumer that stopped us just ends it)."""
+
+    what = "stream"
+
     def __init__(self, consumer: Any) -> None:
         super().__init__()
         self.consumer = consumer
         self.done: defer.Deferred = defer.Deferred()
+
+    def ended(self, kind: bytes, payload: bytes) -> None:
+        self._end(None if kind == wire.RESULT else _error(payload))
+
+    def release(self) -> None:
+        """The consumer's producer registration ends."""
+
+    def _end(self, error: Exception | None) -> None:
+        if self.done.called:
+            return
+        self.release()
+        if error is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(error)
+
+    def lost(self, reason: Any) -> None:
+        if self.stopped:
+            self._end(None)
+        else:
+            message = f"{self.what} lost: {reason.getErrorMessage()}"
+            self._end(ComputeError(message, "unavailable"))
+
+
+class _LogsHandler(_ToConsumer):
+    what = "log stream"
+
+    def __init__(self, consumer: Any) -> None:
+        super().__init__(consumer)
         consumer.registerProducer(self, True)
 
     def frame(self, kind: bytes, payload: bytes) -> None:
@@ -539,34 +546,18 @@ class _LogsHandler(_Pausing):
             time, data = wire.split_log_payload(payload)
             self.consumer.entry(stream, data, time)
         elif kind in (wire.RESULT, wire.ERROR):
-            self._end(None if kind == wire.RESULT else _error(payload))
+            self.ended(kind, payload)
         else:
             raise wire.ProtocolViolation("a log stream's frame was expected")
 
-    def _end(self, error: Exception | None) -> None:
-        if self.done.called:
-            return
+    def release(self) -> None:
         self.consumer.unregisterProducer()
-        if error is None:
-            self.done.callback(None)
-        else:
-            self.done.errback(error)
-
-    def lost(self, reason: Any) -> None:
-        if self.stopped:
-            self._end(None)  # the consumer stopped us: the stream is over for it
-        else:
-            self._end(ComputeError(f"log stream lost: {reason.getErrorMessage()}", "unavailable"))
 
 
-class _DataHandler(_Pausing):
+class _DataHandler(_ToConsumer):
     """Tar or blob bytes to an IConsumer (a request, a blob writer)."""
 
-    def __init__(self, consumer: Any) -> None:
-        super().__init__()
-        self.consumer = consumer
-        self.done: defer.Deferred = defer.Deferred()
-        self.registered = False
+    registered = False
 
     def frame(self, kind: bytes, payload: bytes) -> None:
         if kind == wire.DATA:
@@ -575,7 +566,7 @@ class _DataHandler(_Pausing):
                 self._register()
             self.consumer.write(payload)
         elif kind in (wire.RESULT, wire.ERROR):
-            self._end(None if kind == wire.RESULT else _error(payload))
+            self.ended(kind, payload)
         else:
             raise wire.ProtocolViolation("a data frame was expected")
 
@@ -586,45 +577,18 @@ class _DataHandler(_Pausing):
         else:
             self.consumer.registerProducer(self, True)
 
-    def _end(self, error: Exception | None) -> None:
-        if self.done.called:
-            return
+    def release(self) -> None:
         if self.registered and getattr(self.consumer, "attach", None) is None:
             self.consumer.unregisterProducer()
-        if error is None:
-            self.done.callback(None)
-        else:
-            self.done.errback(error)
-
-    def lost(self, reason: Any) -> None:
-        if self.stopped:
-            self._end(None)
-        else:
-            self._end(ComputeError(f"stream lost: {reason.getErrorMessage()}", "unavailable"))
 
 
-class _WriteGate:
+class _WriteGate(PauseGate):
     """Lets a writer wait while the agent connection's send buffer is full."""
 
     def __init__(self, conn: _Connection) -> None:
+        super().__init__()
         self.conn = conn
-        self._paused: defer.Deferred | None = None
         conn.transport.registerProducer(self, True)
-
-    def pauseProducing(self) -> None:
-        if self._paused is None:
-            self._paused = defer.Deferred()
-
-    def resumeProducing(self) -> None:
-        paused, self._paused = self._paused, None
-        if paused is not None:
-            paused.callback(None)
-
-    def stopProducing(self) -> None:
-        self.resumeProducing()
-
-    def wait(self) -> defer.Deferred:
-        return self._paused if self._paused is not None else defer.succeed(None)
 
     def close(self) -> None:
         self.resumeProducing()

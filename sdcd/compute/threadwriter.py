@@ -20,14 +20,38 @@ class ExportStopped(Exception):
 
 
 @implementer(IPushProducer)
-class ThreadedWriter:
+class PauseGate:
+    """A push producer whose writer waits: ``wait()`` is a Deferred that fires once the
+    consumer no longer has us paused (at once when it does not)."""
+
+    def __init__(self) -> None:
+        self._paused: defer.Deferred | None = None
+        self._stopped = False
+
+    def wait(self) -> defer.Deferred:
+        return self._paused if self._paused is not None else defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        if self._paused is None:
+            self._paused = defer.Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self.resumeProducing()
+
+
+class ThreadedWriter(PauseGate):
     """Registered with ``consumer`` as a push producer for as long as the thread writes."""
 
     def __init__(self, reactor: Any, consumer: Any) -> None:
+        super().__init__()
         self._reactor = reactor
         self._consumer = consumer
-        self._paused: defer.Deferred | None = None
-        self._stopped = False
         consumer.registerProducer(self, True)
 
     def write(self, chunk: bytes) -> None:
@@ -49,17 +73,3 @@ class ThreadedWriter:
         self._stopped = True
         self.resumeProducing()
         self._consumer.unregisterProducer()
-
-    # IPushProducer
-    def pauseProducing(self) -> None:
-        if self._paused is None:
-            self._paused = defer.Deferred()
-
-    def resumeProducing(self) -> None:
-        paused, self._paused = self._paused, None
-        if paused is not None:
-            paused.callback(None)
-
-    def stopProducing(self) -> None:
-        self._stopped = True
-        self.resumeProducing()

@@ -18,18 +18,17 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode
 
 import attrs
 import treq
 from twisted.internet import defer, error
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 
+from sdcd.images.bodies import BodyCollector
 from sdcd.images.tls import RegistryTLSPolicy, SystemAndExtraCAs
 
 
@@ -140,52 +139,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-
-
-class _BodyCollector(Protocol):
-    """Streams a response body to ``sink`` (with back-pressure when the sink can pause
-    its producer), failing when no data arrives for ``idle`` seconds."""
-
-    def __init__(self, sink: Callable[[bytes], None], done: defer.Deferred, reactor, idle: float):
-        self._sink = sink
-        self._done = done
-        self._reactor = reactor
-        self._idle = idle
-        self._timer = None
-
-    def connectionMade(self) -> None:
-        self._timer = self._reactor.callLater(self._idle, self._timed_out)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._idle)
-        try:
-            self._sink(data)
-        except Exception as e:  # the sink refused the data: stop reading
-            self.transport.stopProducing()
-            self._finish(e)
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        self.transport.stopProducing()
-        self._finish(RegistryUnreachable(f"registry stopped sending for {self._idle:.0f}s"))
-
-    def connectionLost(self, reason) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self._finish(None)
-        else:
-            self._finish(RegistryUnreachable(f"download interrupted: {reason.getErrorMessage()}"))
-
-    def _finish(self, problem: Exception | None) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self._done.called:
-            return
-        if problem is None:
-            self._done.callback(None)
-        else:
-            self._done.errback(problem)
 
 
 class RegistryClient:
@@ -405,7 +358,7 @@ class RegistryClient:
             body = await response.content()
             await _check(response, body, f"{host}/{repo}@{digest}")
         done: defer.Deferred = defer.Deferred()
-        collector = _BodyCollector(sink, done, self._reactor, self._idle)
+        collector = BodyCollector(sink, done, self._reactor, self._idle, RegistryUnreachable)
         response.deliverBody(collector)
         if attach is not None and collector.transport is not None:
             attach(collector.transport)

@@ -10,10 +10,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from twisted.internet import defer, threads
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
+from twisted.internet import threads
 
+from sdcd.compute.threadwriter import PauseGate
 from sdcd.core.images import Progress
 
 
@@ -107,29 +106,18 @@ class RequestConsumer:
             self._producer.stopProducing()
 
 
-@implementer(IPushProducer)
-class ChunkWriter:
+class ChunkWriter(PauseGate):
     """Writes chunks made in a thread to a request, waiting while the client's
     connection is paused: a slow client slows the archive, not sdcd's memory."""
 
     def __init__(self, request) -> None:
+        super().__init__()
         self._request = RequestConsumer(request)
-        self._resumed: defer.Deferred | None = None
-        self.stopped = False
         self._request.registerProducer(self, True)
 
-    def pauseProducing(self) -> None:
-        if self._resumed is None:
-            self._resumed = defer.Deferred()
-
-    def resumeProducing(self) -> None:
-        resumed, self._resumed = self._resumed, None
-        if resumed is not None:
-            resumed.callback(None)
-
-    def stopProducing(self) -> None:
-        self.stopped = True
-        self.resumeProducing()
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
 
     async def write_all(self, chunks: Iterator[bytes]) -> None:
         """Pull each chunk from ``chunks`` in a thread and write it."""
@@ -138,8 +126,7 @@ class ChunkWriter:
                 chunk = await threads.deferToThread(next, chunks, None)
                 if chunk is None:
                     break
-                if self._resumed is not None:
-                    await self._resumed
+                await self.wait()
                 if not self.stopped:
                     self._request.write(chunk)
         finally:

@@ -105,6 +105,8 @@ class SdcdService(service.MultiService):
         self.api_beat = None
         self.api_registry = None
         self.event_bus = None
+        self.containers: ContainerService | None = None
+        self._live: set[str] = set()
         self.ready: defer.Deferred = defer.Deferred()
 
     def check(self) -> None:
@@ -176,7 +178,7 @@ class SdcdService(service.MultiService):
             ca_files=self.config.registry_ca_files,
         )
         images = ImageService(store, blobs, self.registry)
-        containers = await self._open_compute(store, pool, images, blobs, nodes)
+        containers = self.containers = await self._open_compute(store, pool, images, blobs, nodes)
         if self.api_registry is not None:  # one of several instances, maybe
             await self._share_events(containers, pool)
         exec_routes = ExecRoutes(ExecService(store, containers))
@@ -218,6 +220,13 @@ class SdcdService(service.MultiService):
             )
         material = await self._internal(pool, blobs) if self.config.internal.enabled else None
         self.fleet = Fleet(self._reactor, nodes, material, blobs, local)
+        instance, live = "", None
+        if self.api_registry is not None:  # one of several instances, maybe
+            apis, instance = self.api_registry
+
+            def live():
+                return apis.live(self._reactor.seconds())
+
         network = {
             "name": "bridge",
             "subnet": bridge.subnet,
@@ -235,6 +244,8 @@ class SdcdService(service.MultiService):
             nodes,
             (compute_config.memory_overcommit, compute_config.disk_overcommit),
             self._reactor.seconds,
+            instance,
+            live,
         )
         if local is not None:
             await local.open()
@@ -288,10 +299,20 @@ class SdcdService(service.MultiService):
         await self.event_bus.start(containers.events.deliver)
 
     async def _api_beat(self, apis, name: str, url: str) -> None:
+        """Beat; and when another instance stopped beating, remove its builds' containers."""
         try:
             await apis.beat(name, url, self._reactor.seconds())
+            live = await apis.live(self._reactor.seconds())
+            gone, self._live = self._live - live, live
+            if gone and self.containers is not None:
+                removed = await self.containers.sweep_builds()
+                self.log.info(
+                    "instances {gone} stopped: {n} build containers removed",
+                    gone=sorted(gone),
+                    n=len(removed),
+                )
         except Exception:
-            self.log.failure("image store heartbeat failed")
+            self.log.failure("instance heartbeat failed")
 
     def _failed(self, failure) -> None:
         self.log.failure("sdcd failed to start", failure)

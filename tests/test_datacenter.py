@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -183,8 +184,17 @@ def test_killed_agent_is_marked_down_and_comes_back(user, dc):
     user.ok("rm", "-f", keep, *placed)
 
 
-def test_second_sdcd_serves_everything(user, dc):
+def test_second_sdcd_serves_everything(user, dc, tmp_path):
+    """Two instances; the first is SIGKILLed mid-build: the second serves everything and
+    removes the build container the dead one left once it stops beating."""
     second = dc.add_sdcd()
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN sleep 600\n")
+    building = subprocess.Popen(
+        ["docker", "build", str(tmp_path)],
+        env=user.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     since = str(int(time.time()) - 1)
     c = run(user, "--name", "via-first", "busybox", "sh", "-c", "echo hello; sleep 600")
     user.sdcd = second  # (and for the module's clean-up: the first one stops here)
@@ -201,7 +211,12 @@ def test_second_sdcd_serves_everything(user, dc):
     assert c in user.ok("ps", "-q", "--no-trunc")
     assert user.ok("logs", c) == "hello\n"
     assert user.ok("exec", c, "echo", "from-second") == "from-second\n"
-    dc.daemons[0].stop()
+    builds = ("ps", "-aq", "--filter", "label=com.joyent.sdcd.build")
+    wait_for(lambda: user.ok(*builds).strip() != "", 30)
+    dc.daemons[0].proc.kill()  # SIGKILL: the build is left behind
+    dc.daemons[0].proc.wait(10)
+    building.wait(30)
+    wait_for(lambda: user.ok(*builds).strip() == "", DOWN_AFTER + 20)
     d = run(user, "busybox", "sleep", "600")
     assert user.ok("exec", d, "echo", "ok") == "ok\n"
     assert user.ok("stop", "-t", "1", c).strip() == c

@@ -376,7 +376,7 @@ class _Build:
             "Env": [*(state.config.get("Env") or []), *args],
             "User": state.config.get("User") or "",
             "WorkingDir": state.config.get("WorkingDir") or "",
-            "Labels": {BUILD_LABEL: self.build_id},
+            "Labels": {BUILD_LABEL: self.s.containers.build_label(self.build_id)},
             "AttachStdout": True,
             "AttachStderr": True,
             "HostConfig": {"Memory": self.options.memory, "LogConfig": {"Type": "none"}},

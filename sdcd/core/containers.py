@@ -40,8 +40,10 @@ from sdcd.store.nodes import DOWN_AFTER_SECONDS
 from sdcd.store.records import Account, ContainerRecord, ContainerState, LayerRecord
 
 PACKAGE_LABEL = "com.joyent.package"
-#: On ``docker build``'s containers: which build made them. A build lives in the sdcd
-#: process that runs it, so one that outlived its sdcd is removed when sdcd starts.
+#: On ``docker build``'s containers: which build made them, and with several sdcd
+#: instances which one runs it (``<instance>/<build id>``). A build lives in the sdcd
+#: process that runs it, so one that outlived its instance is removed: at that
+#: instance's start, or by any other once the instance stopped beating.
 BUILD_LABEL = "com.joyent.sdcd.build"
 NETWORK_NAME = "bridge"
 DEFAULT_STOP_TIMEOUT = 10
@@ -109,6 +111,8 @@ class ContainerService:
         nodes=None,
         overcommit: tuple[float, float] = (1.0, 1.0),
         clock: Callable[[], float] = time.time,
+        instance: str = "",
+        live_instances: Callable[[], Any] | None = None,
     ) -> None:
         self._store = store
         self._nodes = nodes
@@ -124,6 +128,9 @@ class ContainerService:
         #: Memory and disk overcommit ratios placement reserves against.
         self._overcommit = overcommit
         self._clock = clock
+        #: This sdcd's name among several, and (async) the names of those alive.
+        self.instance = instance
+        self._live_instances = live_instances
         self._waiters = _Waiters()
         self.events = EventLog()
         self._rng = random.Random()
@@ -800,14 +807,15 @@ class ContainerService:
         known = await self._store.node_containers(node_id)
         lost, orphans, builds = [], [], []
         known_ids = set()
-        clean_builds = startup and compute is self._fleet.local
+        live = await self._live_instances() if self._live_instances is not None else None
         for login, cid in known:
             found = await self._store.get_container(login, cid)
             if found is None:
                 continue
             known_ids.add(cid)
             record, state = found
-            if clean_builds and BUILD_LABEL in (record.config.get("Labels") or {}):
+            build = (record.config.get("Labels") or {}).get(BUILD_LABEL)
+            if build is not None and self._build_is_over(build, startup, live):
                 builds.append(cid)
                 await self._remove_leftover_build(record, state)
                 continue
@@ -823,6 +831,35 @@ class ContainerService:
                 self.log.warn("node holds unknown container {cid}: removing it", cid=cid)
                 await compute.remove(cid)
         return {"lost": lost, "orphans": orphans, "builds": builds}, known_ids | set(held)
+
+    async def sweep_builds(self) -> list[str]:
+        """Remove the build containers of instances that stopped beating (run when one
+        did: a build lives in the process that serves it)."""
+        if self._live_instances is None:
+            return []
+        live = await self._live_instances()
+        removed = []
+        for node_id in self._fleet.known():
+            for login, cid in await self._store.node_containers(node_id):
+                found = await self._store.get_container(login, cid)
+                build = (found[0].config.get("Labels") or {}).get(BUILD_LABEL) if found else None
+                if build is not None and self._build_is_over(build, False, live):
+                    removed.append(cid)
+                    await self._remove_leftover_build(*found)
+        return removed
+
+    def build_label(self, build_id: str) -> str:
+        """The BUILD_LABEL value of a build this instance runs."""
+        return f"{self.instance}/{build_id}" if self.instance else build_id
+
+    def _build_is_over(self, label: str, startup: bool, live: set[str] | None) -> bool:
+        """Whether a build container outlived its build: its instance restarted (we are
+        it, starting) or stopped beating. Without instance names (one sdcd) every build
+        is this process's, over at start-up."""
+        owner = label.split("/", 1)[0] if "/" in label else ""
+        if owner == self.instance:
+            return startup
+        return live is not None and owner not in live
 
     def _being_created(self, record: ContainerRecord, state: ContainerState) -> bool:
         """A create in flight through some sdcd: recorded, not yet on the node."""

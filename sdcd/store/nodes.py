@@ -156,6 +156,11 @@ class RedisAPIRegistry:
     async def leave(self, name: str) -> None:
         await self._redis.hdel(self._key, name)
 
+    async def live(self, now: float, window: float = DOWN_AFTER_SECONDS) -> set[str]:
+        """Names of the instances heard from within ``window`` seconds."""
+        entries = await self._redis.hgetall(self._key) or {}
+        return {n for n, v in entries.items() if now - json.loads(v)["last_seen"] <= window}
+
     async def urls(self, now: float, window: float = DOWN_AFTER_SECONDS) -> list[str]:
         """URLs of the instances heard from within ``window`` seconds, newest first."""
         entries = [json.loads(v) for v in (await self._redis.hgetall(self._key) or {}).values()]

@@ -109,6 +109,33 @@ def test_package_too_big_for_any_node(user):
     assert user.ok("ps", "-aq", "--filter", "status=created") == ""
 
 
+def test_concurrent_creates_never_overcommit(user, dc):
+    """8 GiB nodes, 4 GiB containers: of 8 creates at once exactly 6 fit (2 a node)."""
+    procs = [
+        subprocess.Popen(
+            ["docker", "create", "-m", "4g", "busybox", "true"],
+            env=user.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    results = [(p.wait(60), *p.communicate()) for p in procs]
+    made = [out.strip() for code, out, _ in results if code == 0]
+    refused = [err for code, _, err in results if code != 0]
+    assert len(made) == 6 and len(refused) == 2
+    assert all("No compute resources available" in err for err in refused)
+    nodes = [node_of(user, cid) for cid in made]
+    assert sorted(nodes.count(a.node_id) for a in dc.agents) == [2, 2, 2]
+    for agent in dc.agents:
+        used = dc.redis_cli("HGET", f"{dc.prefix}nodeused:{agent.node_id}", "memory")
+        assert int(used) == 8192
+    user.ok("rm", *made)
+    for agent in dc.agents:  # removing gives the reservations back
+        assert dc.redis_cli("HGET", f"{dc.prefix}nodeused:{agent.node_id}", "memory").strip() == "0"
+
+
 def test_containers_on_different_nodes_reach_each_other(user):
     a = run(user, "--name", "net-a", "busybox", "sleep", "600")
     b = run(user, "-e", "affinity:container!=net-a", "busybox", "sleep", "600")

@@ -9,7 +9,8 @@ Usage, as root: ``.venv/bin/python -m bench.run [--runs N] [--only GROUP[,GROUP.
 [--containers N] [--stream-mib N] [--stream-runs N] [--execs N]``. Groups: ``api``,
 ``pulls``, ``containers`` (= ``run``, ``parallel``, ``many``; see ``bench/containers.py``),
 ``streams`` (= ``attach``, ``logs``, ``exec``; see ``bench/streams.py``), ``files``
-(= ``cp``, ``build``; see ``bench/files.py``), or one
+(= ``cp``, ``build``; see ``bench/files.py``), ``fleet`` (sdcd with three agents
+nodes; see ``bench/fleet.py``), or one
 scenario's name. Nothing is left behind: both daemons' containers, mounts, namespaces,
 processes, bridges and data dirs go.
 """
@@ -36,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import containers, files, streams  # noqa: E402
+from bench import containers, files, fleet, streams  # noqa: E402
 from tests.clients import make_cert, make_key, openssh_line, write_identity  # noqa: E402
 from tests.conftest import Daemon, wait_for  # noqa: E402
 from tests.imagebuilder import busybox_image, push  # noqa: E402
@@ -332,7 +333,7 @@ CONTAINER_SCENARIOS = ("run", "parallel", "many")
 STREAM_SCENARIOS = ("attach", "logs", "exec")
 #: The file scenarios (bench/files.py): docker cp and docker build.
 FILE_SCENARIOS = ("cp", "build")
-GROUPS = {"api", "pulls", "containers", "streams", "files", *CONTAINER_SCENARIOS,
+GROUPS = {"api", "pulls", "containers", "streams", "files", "fleet", *CONTAINER_SCENARIOS,
           *STREAM_SCENARIOS, *FILE_SCENARIOS}  # fmt: skip
 
 
@@ -411,7 +412,7 @@ def run(args: argparse.Namespace) -> list[containers.Row]:
                     registry.push(repo, "latest", layers, {**CONFIG, "history": history})
             wants_containers = any(
                 selected(args.only, n, n)
-                for n in (*CONTAINER_SCENARIOS, *STREAM_SCENARIOS, *FILE_SCENARIOS)
+                for n in (*CONTAINER_SCENARIOS, *STREAM_SCENARIOS, *FILE_SCENARIOS, "fleet")
             )
             if wants_containers:
                 push(registry.url, containers.IMAGE, "latest", busybox_image())
@@ -423,6 +424,8 @@ def run(args: argparse.Namespace) -> list[containers.Row]:
                 for target in (ref, ours):
                     containers.load_image(target, registry.host)
                 rows += container_scenarios(ref, ours, args)
+            if selected(args.only, "fleet", "fleet"):
+                rows += fleet.scenarios(ref, Path(tmp), registry.host, args)
         finally:
             try:
                 ours.stop()
@@ -491,6 +494,10 @@ def main() -> None:
     parser.add_argument("--execs", type=int, default=50, help="docker exec runs per daemon")
     parser.add_argument("--cp-mib", type=int, default=500, help="MiB of the docker cp file")
     parser.add_argument("--file-runs", type=int, default=5, help="runs of cp and build")
+    parser.add_argument("--fleet-containers", type=int, default=1000,
+                        help="containers present for the fleet scenarios")  # fmt: skip
+    parser.add_argument("--fleet-parallel", type=int, default=100, help="runs at once, fleet")
+    parser.add_argument("--fleet-runs", type=int, default=20, help="timed runs, fleet")
     parser.add_argument("--logs", type=Path, help="copy the daemons' logs here at the end")
     args = parser.parse_args()
     unknown = (args.only or set()) - GROUPS - set(SCENARIOS)

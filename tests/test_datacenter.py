@@ -80,6 +80,15 @@ def test_six_containers_spread_over_three_nodes(user, dc):
     assert view["Config"]["Labels"]["com.joyent.sdcd.node"] == view["Node"]["ID"]
     assert view["Node"]["IP"] in {a.address for a in dc.agents}
     user.ok("rm", "-f", *ids)
+    # at once too: creates in flight count as placed
+    argv = ["docker", "run", "-d", "busybox", "sleep", "600"]
+    procs = [
+        subprocess.Popen(argv, env=user.env(), stdout=subprocess.PIPE, text=True) for _ in range(6)
+    ]
+    ids = [p.communicate(timeout=60)[0].strip() for p in procs]
+    nodes = [node_of(user, cid) for cid in ids]
+    assert sorted(nodes.count(a.node_id) for a in dc.agents) == [2, 2, 2]
+    user.ok("rm", "-f", *ids)
 
 
 def test_affinity_rules(user):

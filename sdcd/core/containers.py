@@ -132,6 +132,8 @@ class ContainerService:
         self.instance = instance
         self._live_instances = live_instances
         self._waiters = _Waiters()
+        #: login -> {cid: Placed} of creates placed but not recorded yet.
+        self._placing: defaultdict[str, dict] = defaultdict(dict)
         self.events = EventLog()
         self._rng = random.Random()
         fleet.subscribe(self._on_event)
@@ -267,7 +269,20 @@ class ContainerService:
         login = account.login
         auto = name is None
         name = name or await self._random_name(login)
-        node, network = await self._place(account, cid, config, package)
+        node, network = await self._place(account, cid, name, config, package)
+        try:
+            return await self._record_and_prepare(
+                account, cid, name, auto, node, network, config, host_config, image, package,
+                ports, args,
+            )  # fmt: skip
+        finally:
+            self._placing[login].pop(cid, None)
+
+    async def _record_and_prepare(
+        self, account, cid, name, auto, node, network, config, host_config, image, package,
+        ports, args,
+    ):  # fmt: skip
+        login = account.login
         config["Labels"] = {**config["Labels"], NODE_LABEL: node}
         try:
             ip = await self._ipam.allocate(network["pool"], network["subnet"], cid)
@@ -314,10 +329,13 @@ class ContainerService:
         self.publish(record, "create")
         return []
 
-    async def _place(self, account: Account, cid: str, config: dict, package) -> tuple[str, dict]:
+    async def _place(
+        self, account: Account, cid: str, name: str, config: dict, package
+    ) -> tuple[str, dict]:
         """The node for a new container, its resources reserved there (atomically: a
         node another create filled meanwhile is dropped and the choice made again), and
-        that node's network."""
+        that node's network. Creates of the account still in flight here count as placed
+        (their records are not stored yet): concurrent runs spread too."""
         if self._nodes is None:
             local = self._fleet.local
             return local.node_id, self._local_network()
@@ -331,12 +349,16 @@ class ContainerService:
             placement.Placed(r.id, r.name, r.config.get("Labels") or {}, r.node)
             for r, _state in await self._store.list_containers(account.login)
         ]
+        inflight = self._placing[account.login]
+        placed += inflight.values()
         for _attempt in range(5):
             chosen = placement.place(views, placed, rules, package.memory, package.disk)
             held = await self._nodes.reserve(
                 chosen.id, cid, package.memory, package.disk, memory_ratio, disk_ratio
             )
             if held:
+                labels = config.get("Labels") or {}
+                inflight[cid] = placement.Placed(cid, name, labels, chosen.id)
                 return chosen.id, self._node_network(records[chosen.id])
             views = [v for v in views if v.id != chosen.id]
             if not views:

@@ -345,21 +345,28 @@ class ContainerService:
         views = placement.node_views(
             records.values(), self._clock(), DOWN_AFTER_SECONDS, memory_ratio, disk_ratio
         )
-        placed = [
-            placement.Placed(r.id, r.name, r.config.get("Labels") or {}, r.node)
-            for r, _state in await self._store.list_containers(account.login)
-        ]
         inflight = self._placing[account.login]
-        placed += inflight.values()
+        # Copied before the records are read: a create that leaves this map later is in
+        # the records (it is recorded before it leaves).
+        pending = dict(inflight)
+        known = {
+            r.id: placement.Placed(r.id, r.name, r.config.get("Labels") or {}, r.node)
+            for r, _state in await self._store.list_containers(account.login)
+        }
+        known.update(pending)
+        known.update(inflight)  # (and those placed while the records were read)
+        placed = list(known.values())
+        labels = config.get("Labels") or {}
         for _attempt in range(5):
             chosen = placement.place(views, placed, rules, package.memory, package.disk)
+            # counted at once: decisions made while this reservation is in flight see it
+            inflight[cid] = placement.Placed(cid, name, labels, chosen.id)
             held = await self._nodes.reserve(
                 chosen.id, cid, package.memory, package.disk, memory_ratio, disk_ratio
             )
             if held:
-                labels = config.get("Labels") or {}
-                inflight[cid] = placement.Placed(cid, name, labels, chosen.id)
                 return chosen.id, self._node_network(records[chosen.id])
+            del inflight[cid]
             views = [v for v in views if v.id != chosen.id]
             if not views:
                 break

@@ -49,7 +49,8 @@ class Agent:
         self.tls_dir = root / "tls"
         # (inside the node's own netns: the name only has to be unique there)
         self.bridge = f"sdcn{index}"
-        self.subnet = f"10.{octet}.{100 + index}.0/24"
+        # /22: room for 1,000 containers a node (the fleet bench makes 1,100 over three)
+        self.subnet = f"10.{octet}.{4 * index}.0/22"
         self.config_path = root / "sdcd-agent.toml"
         self.log_path = root / "agent.log"
         self.proc: subprocess.Popen | None = None
@@ -132,7 +133,7 @@ class Datacenter:
         self.fabric = Fabric("d" + uuid.uuid4().hex[:4], count)
         self.count = count
         self.memory, self.disk = memory, disk
-        #: Node subnets are 10.<octet>.10x.0/24 (one random octet: concurrent runs differ).
+        #: Node subnets are 10.<octet>.<4i>.0/22 (one random octet: concurrent runs differ).
         self.octet = random.randrange(150, 200)
         self.daemons: list[Daemon] = []
         self.agents: list[Agent] = []

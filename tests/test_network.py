@@ -246,10 +246,10 @@ def test_works_in_a_netns_that_sys_does_not_show(bridge):
     """The agent runs as ``nsenter --net=... twistd sdcd-agent``: its /sys is the root
     netns's. A root-netns link named like our bridge must not fool it."""
     ns, cid = "sdt" + secrets.token_hex(5), new_id()
-    assert sh("ip", "netns", "add", ns).returncode == 0
-    # A decoy in the root netns with the bridge's name: /sys/class/net shows it.
-    assert sh("ip", "link", "add", bridge.name, "type", "bridge").returncode == 0
     try:
+        assert sh("ip", "netns", "add", ns).returncode == 0
+        # A decoy in the root netns with the bridge's name: /sys/class/net shows it.
+        assert sh("ip", "link", "add", bridge.name, "type", "bridge").returncode == 0
         up = nspython(ns, IN_NETNS, "up", cid, bridge.name, bridge.subnet)
         assert up.returncode == 0, up.stderr
         result = json.loads(up.stdout)

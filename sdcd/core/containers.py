@@ -36,6 +36,7 @@ from sdcd.core.errors import (
 from sdcd.core.events import EventLog, container_event
 from sdcd.core.images import ImageService, require_provisioning, short_id
 from sdcd.store.interface import AlreadyExists
+from sdcd.store.ipam import NoAddressesLeft
 from sdcd.store.nodes import DOWN_AFTER_SECONDS
 from sdcd.store.records import Account, ContainerRecord, ContainerState, LayerRecord
 
@@ -286,6 +287,12 @@ class ContainerService:
         config["Labels"] = {**config["Labels"], NODE_LABEL: node}
         try:
             ip = await self._ipam.allocate(network["pool"], network["subnet"], cid)
+        except NoAddressesLeft:
+            await self._release_node(node, cid)
+            raise placement.NoPlacement(
+                f"No compute resources available: node {node}'s subnet "
+                f"{network['subnet']} has no address left"
+            ) from None
         except Exception:
             await self._release_node(node, cid)
             raise

@@ -193,10 +193,9 @@ async def _check_new_keys(service: AccountService, login: str, lines: list[str])
 
 async def _nodes(registry: RedisNodeRegistry, as_json: bool) -> None:
     """Every registered node as placement sees it (memory and disk in MiB)."""
-    now = time.time()
     nodes = await registry.nodes()
     for node in nodes:
-        node["up"] = now - node["last_seen"] <= DOWN_AFTER_SECONDS
+        node["up"] = node["silent"] <= DOWN_AFTER_SECONDS
     if as_json:
         print(json.dumps(nodes, indent=2, sort_keys=True))
         return

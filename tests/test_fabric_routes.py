@@ -32,7 +32,10 @@ async def main(_reactor, op, raw):
         await net.create_endpoint(a["cid"], cfg, a["ip"], net.mac_for_ip(a["ip"]))
     elif op == "routes":
         await routes.enable_forwarding()
-        await routes.sync_routes(a["peers"], cfg.subnet)
+        try:
+            await routes.sync_routes(a["peers"], cfg.subnet)
+        except net.NetworkError:
+            print("failed:", end="")
         print(json.dumps(await routes.current_routes()))
     else:
         await net.remove_endpoint(a["cid"])
@@ -126,4 +129,9 @@ def test_bad_peers_are_skipped(nodes):
         "fd00::/64": two.fabric.address(2),
     }
     assert json.loads(one.run("routes", peers=good | bad)) == good
+    # A next hop that is not on any link fails, after the other changes were made.
+    unreachable = {"10.217.0.0/24": "192.0.2.1"}
+    out = one.run("routes", peers={"10.218.0.0/24": two.fabric.address(2)} | unreachable)
+    assert out.startswith("failed:")
+    assert json.loads(out.removeprefix("failed:")) == {"10.218.0.0/24": two.fabric.address(2)}
     assert json.loads(one.run("routes", peers={})) == {}

@@ -151,7 +151,7 @@ class AgentService(service.Service):
         peers = {
             n["subnet"]: n["address"]
             for n in await nodes.nodes()
-            if n["id"] != self.node_id and now - n["last_seen"] <= DOWN_AFTER_SECONDS * 4
+            if n["id"] != self.node_id and n["silent"] <= DOWN_AFTER_SECONDS * 4
         }
         await routes.sync_routes(peers, self.config.subnet)
 

@@ -270,12 +270,8 @@ def _blkio_entries(path: Path) -> list[dict]:
 def _networks(cid: str) -> dict:
     """``{"eth0": counters}``, or nothing when the container has no veth (any more).
     The host end's rx is what the container sent: its tx, and the other way round."""
-    stats = Path(network.SYS_NET) / network.host_veth_name(cid) / "statistics"
-    counters = {}
     try:
-        for container_dir, host_dir in (("rx", "tx"), ("tx", "rx")):
-            for what in ("bytes", "packets", "errors", "dropped"):
-                counters[f"{container_dir}_{what}"] = _read_int(stats / f"{host_dir}_{what}")
+        counters = network.read_counters(cid)  # this netns's (procfs), not /sys's
     except (OSError, ValueError):
         return {}
-    return {"eth0": counters}
+    return {"eth0": counters} if counters else {}

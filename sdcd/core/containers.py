@@ -197,7 +197,7 @@ class ContainerService:
         return {
             n["id"]: n["last_seen"]
             for n in await self._nodes.nodes()
-            if now - n["last_seen"] > DOWN_AFTER_SECONDS
+            if placement.silence(n, now) > DOWN_AFTER_SECONDS
         }
 
     @staticmethod

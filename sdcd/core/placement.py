@@ -103,13 +103,20 @@ def node_views(
         views.append(
             Node(
                 id=r["id"],
-                up=now - r["last_seen"] <= window,
+                up=silence(r, now) <= window,
                 memory_total=memory,
                 memory_free=max(0, memory - r.get("reserved_memory", 0)),
                 disk_free=max(0, disk - r.get("reserved_disk", 0)),
             )
         )
     return views
+
+
+def silence(record: Mapping, now: float) -> float:
+    """Seconds since the node's last heartbeat: as the registry measured it (on Redis's
+    clock) when it did, else against ``now``."""
+    silent = record.get("silent")
+    return float(silent) if silent is not None else now - record["last_seen"]
 
 
 class NoPlacement(Unprocessable):

@@ -83,8 +83,14 @@ class RedisNodeRegistry:
         await self._redis.hset(self._key("nodeseen"), node_id, repr(now))
 
     async def nodes(self) -> list[dict[str, Any]]:
-        """Every registered node: its record plus ``id``, ``last_seen`` and the
-        ``reserved_memory``/``reserved_disk`` MiB."""
+        """Every registered node: its record plus ``id``, ``last_seen``, ``silent`` (seconds
+        since that heartbeat) and the ``reserved_memory``/``reserved_disk`` MiB.
+
+        ``silent`` is measured against Redis's clock read *before* the heartbeats: a reader
+        whose reactor lags (a busy sdcd gets Redis's answer late) must not take its own
+        delay for the nodes' silence."""
+        seconds, micros = await self._redis.execute_command("TIME")
+        now = int(seconds) + int(micros) / 1e6
         records = await self._redis.hgetall(self._key("nodes")) or {}
         seen = await self._redis.hgetall(self._key("nodeseen")) or {}
         result = []
@@ -95,6 +101,7 @@ class RedisNodeRegistry:
                     **json.loads(records[node_id]),
                     "id": node_id,
                     "last_seen": float(seen.get(node_id, 0)),
+                    "silent": max(0.0, now - float(seen.get(node_id, 0))),
                     "reserved_memory": int(used.get("memory", 0)),
                     "reserved_disk": int(used.get("disk", 0)),
                 }

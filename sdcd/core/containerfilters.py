@@ -273,15 +273,26 @@ class _Unsupported(Exception):
     pass
 
 
+def _anchored(parsed) -> bool:
+    """Whether a parsed pattern begins with ``^`` (and MULTILINE is off)."""
+    if parsed.state.flags & re.MULTILINE or not len(parsed):
+        return False
+    op, arg = parsed[0]
+    return op == _c.AT and arg == _c.AT_BEGINNING
+
+
 class SafePattern:
     """A regular expression run as a Thompson NFA: time linear in the text, whatever
     the pattern. The syntax is Python's (as Go's for what ps filters use); back
     references and look-around are not supported, and such a pattern matches nothing
     (dockerd likewise skips a pattern it cannot compile)."""
 
-    def __init__(self, program: list[tuple], ignore_case: bool) -> None:
+    def __init__(self, program: list[tuple], ignore_case: bool, anchored: bool = False) -> None:
         self._program = program
         self._ignore_case = ignore_case
+        #: Starts with ``^`` (no MULTILINE): only a match from position 0 can succeed,
+        #: so the search stops as soon as no thread is left (``^db-`` reads 3 characters).
+        self._anchored = anchored
 
     @classmethod
     def compile(cls, pattern: str) -> SafePattern | None:
@@ -293,13 +304,16 @@ class SafePattern:
             compiler.code.append(("match",))
         except (re.error, _Unsupported, RecursionError, OverflowError):
             return None
-        return cls(compiler.code, compiler.ignore_case)
+        return cls(compiler.code, compiler.ignore_case, _anchored(parsed))
 
     def search(self, text: str) -> bool:
         """Whether the pattern matches anywhere in ``text`` (``re.search``)."""
         current: list[int] = []
         for i in range(len(text) + 1):
-            current = self._closure([*current, 0], text, i)
+            seeds = current if self._anchored and i else [*current, 0]
+            if not seeds:
+                return False
+            current = self._closure(seeds, text, i)
             if any(self._program[pc][0] == "match" for pc in current):
                 return True
             if i == len(text):

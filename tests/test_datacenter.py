@@ -133,7 +133,11 @@ def test_concurrent_creates_never_overcommit(user, dc):
     results = [(p.wait(60), *p.communicate()) for p in procs]
     made = [out.strip() for code, out, _ in results if code == 0]
     refused = [err for code, _, err in results if code != 0]
-    assert len(made) == 6 and len(refused) == 2
+    try:
+        assert len(made) == 6 and len(refused) == 2, refused
+    except AssertionError:
+        user.docker("rm", "-f", *made)
+        raise
     assert all("No compute resources available" in err for err in refused)
     nodes = [node_of(user, cid) for cid in made]
     assert sorted(nodes.count(a.node_id) for a in dc.agents) == [2, 2, 2]

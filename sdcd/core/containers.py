@@ -276,6 +276,13 @@ class ContainerService:
                 account, cid, name, auto, node, network, config, host_config, image, package,
                 ports, args,
             )  # fmt: skip
+        except BaseException:
+            # Whatever failed, a container that is not recorded holds nothing (the
+            # releases are idempotent; a retried name holds its own, under its record).
+            if await self._store.get_container(login, cid) is None:
+                await self._ipam.release(network["pool"], cid)
+                await self._release_node(node, cid)
+            raise
         finally:
             self._placing[login].pop(cid, None)
 

@@ -84,6 +84,14 @@ class _Waiters:
         self._waiting[cid].append((predicate, d))
         return d
 
+    def forget(self, cid: str, d: defer.Deferred) -> None:
+        """A waiter no longer needed."""
+        kept = [(p, w) for p, w in self._waiting.get(cid, []) if w is not d]
+        if kept:
+            self._waiting[cid] = kept
+        else:
+            self._waiting.pop(cid, None)
+
     def notify(self, cid: str, action: str, state: ContainerState | None) -> None:
         keep = []
         for predicate, d in self._waiting.pop(cid, []):
@@ -599,15 +607,22 @@ class ContainerService:
         if condition not in ("not-running", "next-exit", "removed"):
             raise InvalidArgument(f"invalid condition: {condition}")
         record, state = await self.get(account, ref)
-        if condition == "not-running" and state.status not in RUNNING:
-            return state
 
         def done(action: str, new: ContainerState | None) -> bool:
             if condition == "removed":
                 return action == "destroy"
             return action in ("die", "destroy")
 
-        last = await self._waiters.wait(record.id, done)
+        # Waiting first, then looking: an exit recorded while the state was read is
+        # seen either way (it could otherwise notify before the waiter is in place).
+        waiting = self._waiters.wait(record.id, done)
+        if condition == "not-running":
+            found = await self._store.get_container(record.login, record.id)
+            current = found[1] if found is not None else state
+            if found is None or current.status not in RUNNING:
+                self._waiters.forget(record.id, waiting)
+                return current
+        last = await waiting
         return last if last is not None else state
 
     async def rename(self, account: Account, ref: str, new_name: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,6 +88,32 @@ def p90(values: list[float]) -> float:
     """Nearest-rank 90th percentile (with 20 samples: the 18th smallest)."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def bench_account(daemon, root: Path) -> Path:
+    """An approved account ``bench`` on an sdcd ``daemon`` (tests.conftest.Daemon), its
+    client identity written under ``root/client``: the certs directory."""
+    from tests.clients import make_cert, make_key, openssh_line, write_identity
+
+    key = make_key("ecdsa-256")
+    daemon.admin("account", "create", "bench", "--approved")
+    daemon.admin("key", "add", "bench", openssh_line(key))
+    certs = root / "client"
+    write_identity(certs, key, make_cert(key, "bench"))
+    shutil.copy(daemon.ca_path, certs / "ca.pem")
+    return certs
+
+
+def tls_env(daemon, certs: Path, root: Path) -> dict[str, str]:
+    """The environment that points the docker CLI at ``daemon`` as the bench account."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env.update(
+        DOCKER_HOST=daemon.docker_host,
+        DOCKER_TLS_VERIFY="1",
+        DOCKER_CERT_PATH=str(certs),
+        DOCKER_CONFIG=str(root / "cfg"),
+    )
+    return env
 
 
 def check(result: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:

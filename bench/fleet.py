@@ -14,7 +14,6 @@ builds them) beside the reference dockerd, the same docker CLI commands against 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import statistics
 import subprocess
@@ -25,7 +24,6 @@ from pathlib import Path
 from bench import containers
 from bench.containers import IMAGE, Row, check, p90, remove
 from sdcd.core import placement
-from tests.clients import make_cert, make_key, openssh_line, write_identity
 from tests.conftest import wait_for
 from tests.datacenter import Datacenter
 
@@ -57,25 +55,10 @@ class FleetSdcd:
         )  # fmt: skip
         wait_for(sock.exists, 10)
         self.dc = Datacenter(self.root / "dc", f"unix://{sock}", 3, NODE_MEMORY, NODE_DISK).up()
-        daemon = self.dc.daemons[0]
-        key = make_key("ecdsa-256")
-        daemon.admin("account", "create", "bench", "--approved")
-        daemon.admin("key", "add", "bench", openssh_line(key))
-        self.certs = self.root / "client"
-        write_identity(self.certs, key, make_cert(key, "bench"))
-        shutil.copy(daemon.ca_path, self.certs / "ca.pem")
+        self.certs = containers.bench_account(self.dc.daemons[0], self.root)
 
     def env(self) -> dict[str, str]:
-        import os
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        env.update(
-            DOCKER_HOST=self.dc.daemons[0].docker_host,
-            DOCKER_TLS_VERIFY="1",
-            DOCKER_CERT_PATH=str(self.certs),
-            DOCKER_CONFIG=str(self.root / "cfg"),
-        )
-        return env
+        return containers.tls_env(self.dc.daemons[0], self.certs, self.root)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return containers.docker(self, *args)

@@ -38,7 +38,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import containers, files, fleet, streams  # noqa: E402
-from tests.clients import make_cert, make_key, openssh_line, write_identity  # noqa: E402
 from tests.conftest import Daemon, wait_for  # noqa: E402
 from tests.imagebuilder import busybox_image, push  # noqa: E402
 from tests.test_images import CONFIG, Registry, tar_layer  # noqa: E402
@@ -206,23 +205,10 @@ class Sdcd:
 
     def start(self) -> None:
         self.daemon.start()
-        key = make_key("ecdsa-256")
-        self.daemon.admin("account", "create", "bench", "--approved")
-        self.daemon.admin("key", "add", "bench", openssh_line(key))
-        certs = self.root / "client"
-        write_identity(certs, key, make_cert(key, "bench"))
-        shutil.copy(self.daemon.ca_path, certs / "ca.pem")
-        self.certs = certs
+        self.certs = containers.bench_account(self.daemon, self.root)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        env.update(
-            DOCKER_HOST=self.daemon.docker_host,
-            DOCKER_TLS_VERIFY="1",
-            DOCKER_CERT_PATH=str(self.certs),
-            DOCKER_CONFIG=str(self.root / "cfg"),
-        )
-        return env
+        return containers.tls_env(self.daemon, self.certs, self.root)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return containers.docker(self, *args)
